@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what kgate needs on a Debian/Ubuntu machine with Node.js 20+:
+# the npm packages, the build, and Debian's python3-ipykernel when no Python
+# kernelspec is found. With --test it also installs what the test suite drives.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+has_python_kernelspec() {
+  local dirs=()
+  IFS=: read -r -a extra <<< "${JUPYTER_PATH:-}"
+  for d in "${extra[@]}"; do [ -n "$d" ] && dirs+=("$d/kernels"); done
+  dirs+=("${JUPYTER_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/jupyter}/kernels" /usr/local/share/jupyter/kernels /usr/share/jupyter/kernels)
+  for d in "${dirs[@]}"; do
+    [ -f "$d/python3/kernel.json" ] && return 0
+  done
+  return 1
+}
+
+debs=()
+if [ "$want_test" = 1 ]; then
+  # The tests drive Debian's ipykernel (a known version), whatever else is installed.
+  dpkg -s python3-ipykernel >/dev/null 2>&1 || debs+=(python3-ipykernel)
+elif ! has_python_kernelspec; then
+  debs+=(python3-ipykernel)
+fi
+
+if [ ${#debs[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "kgate setup: installing Debian packages: ${debs[*]}" >&2
+  $sudo apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${debs[@]}" >&2
+fi
+
+echo "kgate setup: installing npm packages and building" >&2
+npm ci --no-audit --no-fund --loglevel=error >&2
+npm run --silent build >&2

@@ -1,0 +1,320 @@
+/**
+ * One ZeroMQ link per kernel, shared by all of its clients: a SUB for iopub
+ * fanned out to every client, and one DEALER each for shell, control and stdin.
+ * A client is told apart by an identity frame placed before `<IDS|MSG>`; the
+ * kernel's ROUTER echoes it on replies and `input_request`s, so they route back
+ * without parsing anything. Shell and stdin share a routing id, as in
+ * jupyter_client, because ipykernel sends `input_request` to the shell
+ * requester's identity.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import { Dealer, Subscriber } from 'zeromq';
+import type { ConnectionInfo } from '../provisioner/types.js';
+import { makeMessage } from './messages.js';
+import { Outbox } from './outbox.js';
+import { Signer, splitWire, toWire, type Channel, type InputChannel, type MessageParts, type WireMessage } from './wire.js';
+
+export type ExecutionState = 'starting' | 'idle' | 'busy' | 'restarting' | 'dead' | 'unknown';
+
+/** What the link needs of a client: a key for its identity frame, and a way to hand it messages. */
+export interface LinkClient {
+  readonly identity: Buffer;
+  /** `identity` as a latin1 string: the key of the routing map. */
+  readonly identityKey: string;
+  deliver(channel: Channel, m: MessageParts): void;
+  close(code: number, reason: string): void;
+}
+
+export interface KernelLinkOptions {
+  verifySignatures: boolean;
+  /** Messages from clients held while the kernel (re)starts, and queued per socket. */
+  maxQueued: number;
+  log: Logger;
+}
+
+/** The identity frame of the link's own requests (nudges, shutdown, interrupt). */
+const LINK_IDENTITY = Buffer.from('kgate-link');
+const LINK_KEY = LINK_IDENTITY.toString('latin1');
+const NUDGE_INTERVAL_MS = 500;
+const NUDGE_RESEND_UNANSWERED_MS = 2000;
+
+export function channelUrl(c: ConnectionInfo, port: number): string {
+  return c.transport === 'ipc' ? `ipc://${c.ip}-${port}` : `tcp://${c.ip.includes(':') ? `[${c.ip}]` : c.ip}:${port}`;
+}
+
+export class KernelLink {
+  readonly session = randomBytes(16).toString('hex');
+  executionState: ExecutionState = 'starting';
+  lastActivity = Date.now();
+  /** Counts of what was dropped, for metrics and tests. */
+  readonly dropped = { badSignature: 0, malformed: 0, noClient: 0, inputQueueFull: 0 };
+
+  private readonly signer: Signer;
+  private readonly shell: Dealer;
+  private readonly control: Dealer;
+  private readonly stdin: Dealer;
+  private readonly iopub: Subscriber;
+  private readonly outboxes: Record<InputChannel, Outbox>;
+  private readonly clients = new Map<string, LinkClient>();
+  private readonly waiters = new Map<string, (m: WireMessage) => void>();
+  /** Client messages that arrived while the kernel was not ready, in order. */
+  private held: Array<[InputChannel, Buffer[]]> = [];
+  private ready = false;
+  private closed = false;
+  private iopubSeen = false;
+  private onIopubSeen: (() => void) | undefined;
+
+  constructor(
+    private readonly conn: ConnectionInfo,
+    private readonly options: KernelLinkOptions,
+  ) {
+    this.signer = new Signer(conn.key, conn.signature_scheme);
+    // A routing id per link, not per gateway, so two gateways (or a restarted
+    // one) can hold links to the same kernel at once. It must not start with 0.
+    const routingId = `kg${randomBytes(8).toString('hex')}`;
+    this.shell = new Dealer({ routingId, linger: 0 });
+    this.control = new Dealer({ routingId, linger: 0 });
+    this.stdin = new Dealer({ routingId, linger: 0 });
+    this.iopub = new Subscriber({ linger: 0 });
+    this.outboxes = {
+      shell: new Outbox(this.shell, options.maxQueued),
+      control: new Outbox(this.control, options.maxQueued),
+      stdin: new Outbox(this.stdin, options.maxQueued),
+    };
+  }
+
+  /** Connects the sockets and starts reading; readiness comes from `nudge()`. */
+  open(): void {
+    const c = this.conn;
+    this.shell.connect(channelUrl(c, c.shell_port));
+    this.control.connect(channelUrl(c, c.control_port));
+    this.stdin.connect(channelUrl(c, c.stdin_port));
+    this.iopub.connect(channelUrl(c, c.iopub_port));
+    this.iopub.subscribe();
+    void this.pumpReplies(this.shell, 'shell');
+    void this.pumpReplies(this.control, 'control');
+    void this.pumpReplies(this.stdin, 'stdin');
+    void this.pumpIopub();
+  }
+
+  get connections(): number {
+    return this.clients.size;
+  }
+
+  get isReady(): boolean {
+    return this.ready;
+  }
+
+  /** Adds a client; one with the same identity (same session_id) is replaced. */
+  attach(client: LinkClient): void {
+    const old = this.clients.get(client.identityKey);
+    this.clients.set(client.identityKey, client);
+    if (old && old !== client) old.close(1000, 'replaced by a newer connection with the same session_id');
+  }
+
+  detach(client: LinkClient): void {
+    if (this.clients.get(client.identityKey) === client) this.clients.delete(client.identityKey);
+  }
+
+  /** Every client, for closing them all. */
+  allClients(): LinkClient[] {
+    return [...this.clients.values()];
+  }
+
+  /**
+   * Relays a client's message. Until the kernel is ready the message is held
+   * (bounded), so nothing sent during a start or restart is lost.
+   * Returns false when the message could not be taken.
+   */
+  send(channel: InputChannel, identity: Buffer, parts: MessageParts): boolean {
+    if (this.closed) return false;
+    this.lastActivity = Date.now();
+    const frames = toWire(identity, this.signer, parts);
+    if (!this.ready) {
+      if (this.held.length >= this.options.maxQueued) {
+        this.dropped.inputQueueFull++;
+        return false;
+      }
+      this.held.push([channel, frames]);
+      return true;
+    }
+    if (this.outboxes[channel].push(frames)) return true;
+    this.dropped.inputQueueFull++;
+    return false;
+  }
+
+  /** Marks the kernel not ready: client messages are held until the next successful nudge. */
+  suspend(): void {
+    this.ready = false;
+  }
+
+  /**
+   * Sends `kernel_info_request` on shell and control every 0.5 s until a reply
+   * and an iopub message have both arrived, as jupyter_server does, so the
+   * iopub subscription is known to be live before any client message goes out.
+   */
+  async nudge(timeoutMs: number, signal?: AbortSignal): Promise<void> {
+    this.iopubSeen = false;
+    let replied = false;
+    let lastSent = 0;
+    const sent: string[] = [];
+    let timer: NodeJS.Timeout | undefined;
+    let deadline: NodeJS.Timeout | undefined;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const check = (): void => {
+          if (replied && this.iopubSeen) resolve();
+        };
+        const onReply = (): void => {
+          replied = true;
+          check();
+        };
+        // Requests wait in the DEALER's pipe while the kernel starts, so a
+        // request is repeated quickly only once the kernel answers but iopub
+        // is still silent (the slow-joiner case), and otherwise rarely.
+        const fire = (): void => {
+          if (!replied && Date.now() - lastSent < NUDGE_RESEND_UNANSWERED_MS) return;
+          lastSent = Date.now();
+          for (const channel of ['shell', 'control'] as const) {
+            const { msgId, parts } = makeMessage('kernel_info_request', {}, this.session);
+            sent.push(msgId);
+            this.waiters.set(msgId, onReply);
+            this.outboxes[channel].push(toWire(LINK_IDENTITY, this.signer, parts));
+          }
+        };
+        this.onIopubSeen = check;
+        deadline = setTimeout(() => reject(new Error(`no kernel_info_reply within ${timeoutMs} ms`)), timeoutMs);
+        signal?.addEventListener('abort', () => reject(signal.reason instanceof Error ? signal.reason : new Error('aborted')), { once: true });
+        fire();
+        timer = setInterval(fire, NUDGE_INTERVAL_MS);
+      });
+    } finally {
+      clearInterval(timer);
+      clearTimeout(deadline);
+      this.onIopubSeen = undefined;
+      for (const id of sent) this.waiters.delete(id);
+    }
+    this.ready = true;
+    const held = this.held;
+    this.held = [];
+    for (const [channel, frames] of held) {
+      if (!this.outboxes[channel].push(frames)) this.dropped.inputQueueFull++;
+    }
+  }
+
+  /** Sends a request of the link's own and waits for its reply (undefined on timeout). */
+  async request(channel: 'shell' | 'control', msgType: string, content: object, timeoutMs: number): Promise<WireMessage | undefined> {
+    const { msgId, parts } = makeMessage(msgType, content, this.session);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      return await new Promise<WireMessage | undefined>((resolve) => {
+        this.waiters.set(msgId, resolve);
+        timer = setTimeout(resolve, timeoutMs, undefined);
+        this.outboxes[channel].push(toWire(LINK_IDENTITY, this.signer, parts));
+      });
+    } finally {
+      clearTimeout(timer);
+      this.waiters.delete(msgId);
+    }
+  }
+
+  /** Tells every client a state that did not come from the kernel (`restarting`, `dead`). */
+  broadcastStatus(state: ExecutionState): void {
+    this.executionState = state;
+    const { parts } = makeMessage('status', { execution_state: state }, this.session);
+    for (const client of this.clients.values()) client.deliver('iopub', parts);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.ready = false;
+    this.held = [];
+    for (const o of Object.values(this.outboxes)) o.close();
+    this.shell.close();
+    this.control.close();
+    this.stdin.close();
+    this.iopub.close();
+  }
+
+  private accept(frames: Buffer[]): WireMessage | undefined {
+    const m = splitWire(frames);
+    if (m === undefined) {
+      this.dropped.malformed++;
+      return undefined;
+    }
+    if (this.options.verifySignatures && !this.signer.verify(m)) {
+      if (this.dropped.badSignature++ === 0) this.options.log.warn('dropped a kernel message with a bad signature');
+      return undefined;
+    }
+    this.lastActivity = Date.now();
+    return m;
+  }
+
+  private async pumpReplies(socket: Dealer, channel: InputChannel): Promise<void> {
+    try {
+      for await (const frames of socket) this.onReply(channel, frames);
+    } catch (e) {
+      if (!this.closed) this.options.log.error({ err: e, channel }, 'kernel link receive loop failed');
+    }
+  }
+
+  private onReply(channel: InputChannel, frames: Buffer[]): void {
+    const m = this.accept(frames);
+    if (m === undefined) return;
+    const id = m.identities[0];
+    if (id === undefined) {
+      this.dropped.noClient++;
+      return;
+    }
+    const key = id.toString('latin1');
+    if (key === LINK_KEY) {
+      this.onOwnReply(m);
+      return;
+    }
+    const client = this.clients.get(key);
+    if (client) client.deliver(channel, m);
+    else this.dropped.noClient++;
+  }
+
+  private onOwnReply(m: WireMessage): void {
+    try {
+      const parent = JSON.parse(m.parent.toString('utf8')) as { msg_id?: unknown };
+      if (typeof parent.msg_id === 'string') this.waiters.get(parent.msg_id)?.(m);
+    } catch {
+      this.dropped.malformed++;
+    }
+  }
+
+  private async pumpIopub(): Promise<void> {
+    try {
+      for await (const frames of this.iopub) this.onIopub(frames);
+    } catch (e) {
+      if (!this.closed) this.options.log.error({ err: e }, 'kernel link iopub loop failed');
+    }
+  }
+
+  private onIopub(frames: Buffer[]): void {
+    const m = this.accept(frames);
+    if (m === undefined) return;
+    // Only status messages change the gateway's view of the kernel; a byte
+    // search keeps the JSON parse off every other message.
+    if (m.header.includes('"status"')) this.trackStatus(m);
+    this.iopubSeen = true;
+    this.onIopubSeen?.();
+    for (const client of this.clients.values()) client.deliver('iopub', m);
+  }
+
+  private trackStatus(m: WireMessage): void {
+    try {
+      const header = JSON.parse(m.header.toString('utf8')) as { msg_type?: unknown };
+      if (header.msg_type !== 'status') return;
+      const content = JSON.parse(m.content.toString('utf8')) as { execution_state?: unknown };
+      const s = content.execution_state;
+      if (s === 'idle' || s === 'busy' || s === 'starting') this.executionState = s;
+    } catch {
+      this.dropped.malformed++;
+    }
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * kgate's settings: one table gives each option its flag, its `KG_*`
+ * environment name, its help line and its schema, so `--help`, the parser and
+ * the validation can never disagree.
+ */
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { z } from 'zod';
+import { KERNEL_NAME } from './kernels/kernelspecs.js';
+
+const seconds = z.coerce.number().positive().max(86_400);
+const bytes = z.coerce.number().int().min(1024).max(2 ** 31);
+const bool = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no']).transform((v) => ['true', '1', 'yes'].includes(v))]);
+const list = z.union([z.array(z.string()), z.string().transform((s) => s.split(',').filter(Boolean))]);
+
+interface OptionDef<S extends z.ZodType> {
+  flag: string;
+  type: 'string' | 'boolean';
+  multiple?: boolean;
+  env: string;
+  help: string;
+  schema: S;
+}
+
+function opt<S extends z.ZodType>(flag: string, type: 'string' | 'boolean', help: string, schema: S, multiple = false): OptionDef<S> {
+  return { flag, type, help, schema, multiple, env: `KG_${flag.toUpperCase().replace(/-/g, '_')}` };
+}
+
+const defaultRuntimeDir = (): string => join(process.env['XDG_RUNTIME_DIR'] || tmpdir(), `kgate-${process.getuid?.() ?? 'user'}`);
+
+export const OPTIONS = {
+  ip: opt('ip', 'string', 'address to listen on (default 127.0.0.1)', z.string().min(1).default('127.0.0.1')),
+  port: opt('port', 'string', 'port to listen on; 0 picks a free one (default 8888)', z.coerce.number().int().min(0).max(65535).default(8888)),
+  authToken: opt(
+    'auth-token',
+    'string',
+    'token every request must carry (Authorization: token X, or ?token=X); a random one is made and printed when none is given; "" turns auth off',
+    z.string().max(1024).optional(),
+  ),
+  allowUnauthenticated: opt('allow-unauthenticated', 'boolean', 'allow an empty --auth-token on an address other than loopback', bool.default(false)),
+  defaultKernelName: opt('default-kernel-name', 'string', 'kernelspec used when a request names none (default python3, else the first)', z.string().regex(KERNEL_NAME, 'must be a kernelspec name ([A-Za-z0-9._-], at most 128)').optional()),
+  kernelspecDir: opt('kernelspec-dir', 'string', 'an extra directory of kernelspecs, searched first (repeatable)', list.default([]), true),
+  runtimeDir: opt('runtime-dir', 'string', 'where connection files are written (mode 0700)', z.string().min(1).default(defaultRuntimeDir())),
+  rootDir: opt('root-dir', 'string', 'working directory of kernels when KERNEL_WORKING_DIR is not given (default: the current directory)', z.string().min(1).default(process.cwd())),
+  launchTimeout: opt('launch-timeout', 'string', 'seconds a kernel may take to answer kernel_info after launch (default 60)', seconds.default(60)),
+  shutdownWait: opt('shutdown-wait', 'string', 'seconds to wait after shutdown_request before SIGTERM (default 5)', seconds.default(5)),
+  restartLimit: opt('restart-limit', 'string', 'automatic restarts of a dying kernel before it is declared dead (default 5)', z.coerce.number().int().min(0).max(100).default(5)),
+  heartbeatInterval: opt('heartbeat-interval', 'string', 'seconds between heartbeat pings (default 3)', seconds.default(3)),
+  heartbeatTimeout: opt('heartbeat-timeout', 'string', 'seconds without a heartbeat echo before a kernel counts as dead (default 30)', seconds.default(30)),
+  verifySignatures: opt('verify-signatures', 'string', 'true or false: check the HMAC of every message from kernels (default true)', bool.default(true)),
+  maxMessageSize: opt('max-message-size', 'string', 'largest WebSocket message a client may send, in bytes (default 67108864); larger ones close the socket with 1009', bytes.default(64 * 1024 * 1024)),
+  maxClientBuffer: opt('max-client-buffer', 'string', 'bytes a client may leave unread before it is closed with 4008 (default 33554432)', bytes.default(32 * 1024 * 1024)),
+  maxQueued: opt('max-queued', 'string', 'messages per kernel channel held while the kernel (re)starts or is busy sending (default 10000)', z.coerce.number().int().min(1).max(1_000_000).default(10_000)),
+  envAllow: opt('env-allow', 'string', 'environment names beyond KERNEL_* that clients may pass to kernels (repeatable)', list.default([]), true),
+  logLevel: opt('log-level', 'string', 'fatal, error, warn, info, debug, trace or silent (default info)', z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info')),
+} as const;
+
+type Options = typeof OPTIONS;
+export type Config = { [K in keyof Options]: z.output<Options[K]['schema']> };
+
+export class ConfigError extends Error {}
+
+const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
+
+export function isLoopback(ip: string): boolean {
+  return LOOPBACK.test(ip);
+}
+
+/** Builds and validates the config from flags over `KG_*` variables over defaults. */
+export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): Config & { help: boolean; version: boolean } {
+  const parseOptions: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }> = { help: { type: 'boolean' }, version: { type: 'boolean' } };
+  for (const o of Object.values(OPTIONS)) parseOptions[o.flag] = o.multiple ? { type: o.type, multiple: true } : { type: o.type };
+  let values: Record<string, unknown>;
+  try {
+    ({ values } = parseArgs({ args: argv, options: parseOptions, strict: true, allowPositionals: false }));
+  } catch (e) {
+    throw new ConfigError(`${e instanceof Error ? e.message : String(e)} (see --help)`);
+  }
+  const out: Record<string, unknown> = { help: values['help'] === true, version: values['version'] === true };
+  const problems: string[] = [];
+  for (const [key, o] of Object.entries(OPTIONS)) {
+    const raw = values[o.flag] ?? env[o.env];
+    const r = (o.schema as z.ZodType).safeParse(raw);
+    if (r.success) out[key] = r.data;
+    else problems.push(`--${o.flag} (${o.env}): ${r.error.issues.map((i) => i.message).join('; ')}`);
+  }
+  if (problems.length > 0) throw new ConfigError(`invalid settings:\n  ${problems.join('\n  ')}`);
+  const config = out as Config & { help: boolean; version: boolean };
+  if (config.authToken === '' && !isLoopback(config.ip) && !config.allowUnauthenticated) {
+    throw new ConfigError(`refusing to serve ${config.ip} without a token: give --auth-token, or --allow-unauthenticated if something in front of kgate authenticates`);
+  }
+  return config;
+}
+
+export function helpText(): string {
+  const lines = ['Usage: kgate [options]', '', 'A headless Jupyter kernel gateway.', '', 'Options (each also from the environment variable shown):'];
+  for (const o of Object.values(OPTIONS)) {
+    const flag = `--${o.flag}${o.type === 'string' ? ' VALUE' : ''}`;
+    lines.push(`  ${flag.padEnd(30)} ${o.env}`, `      ${o.help}`);
+  }
+  lines.push(`  ${'--help'.padEnd(30)} show this help`, `  ${'--version'.padEnd(30)} print the version`);
+  return lines.join('\n');
+}

@@ -1,0 +1,137 @@
+/**
+ * Builds the gateway: kernelspecs, provisioners, the kernel and session
+ * managers, the REST routes (fastify) and the channels WebSocket (ws).
+ */
+import { randomBytes } from 'node:crypto';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import type { Config } from '../config.js';
+import { ErrorCodes, KgateError, invalidJson, notFound } from '../errors.js';
+import { BUILTIN_KERNELSPECS, jupyterKernelDirs, KernelSpecStore } from '../kernels/kernelspecs.js';
+import { KernelManager } from '../kernels/manager.js';
+import { SessionManager } from '../kernels/sessions.js';
+import { localProvisionerFactory } from '../provisioner/local.js';
+import { ProvisionerRegistry } from '../provisioner/registry.js';
+import { TokenAuth } from './auth.js';
+import { ChannelsEndpoint } from './channels.js';
+import type { GatewayContext } from './context.js';
+import { kernelRoutes } from './routes/kernels.js';
+import { kernelspecRoutes } from './routes/kernelspecs.js';
+import { sessionRoutes } from './routes/sessions.js';
+import { statusRoutes } from './routes/status.js';
+
+export interface Gateway {
+  app: FastifyInstance;
+  ctx: GatewayContext;
+  /** The token in force ('' when auth is off). */
+  token: string;
+  listen(): Promise<{ host: string; port: number }>;
+  /** Stops serving, shuts every kernel down, closes every socket. */
+  close(): Promise<void>;
+}
+
+/** Gateway secrets that a kernel's environment never inherits. */
+const scrubEnv = (name: string): boolean => name.startsWith('KG_');
+
+function parseJson(_req: unknown, body: string, done: (err: Error | null, value?: unknown) => void): void {
+  if (body === '' || body.trim() === '') {
+    done(null, undefined);
+    return;
+  }
+  try {
+    done(null, JSON.parse(body));
+  } catch (e) {
+    done(invalidJson(`the request body is not valid JSON: ${e instanceof Error ? e.message : String(e)}`));
+  }
+}
+
+export async function createGateway(config: Config, log: Logger): Promise<Gateway> {
+  const token = config.authToken ?? randomBytes(24).toString('hex');
+  const auth = new TokenAuth(token);
+  const specs = new KernelSpecStore([...config.kernelspecDir, ...jupyterKernelDirs(), BUILTIN_KERNELSPECS], config.defaultKernelName, (dir, reason) =>
+    log.warn({ dir, reason }, 'skipped an unreadable kernelspec'),
+  );
+  await specs.refresh(true);
+  const provisioners = new ProvisionerRegistry([localProvisionerFactory({ runtimeDir: config.runtimeDir, ip: '127.0.0.1', scrubEnv })], 'local');
+  const kernels = new KernelManager({
+    specs,
+    provisionerFor: (spec) => provisioners.create(spec),
+    launchTimeoutMs: config.launchTimeout * 1000,
+    shutdownWaitMs: config.shutdownWait * 1000,
+    restartLimit: config.restartLimit,
+    heartbeat: { intervalMs: config.heartbeatInterval * 1000, timeoutMs: config.heartbeatTimeout * 1000 },
+    verifySignatures: config.verifySignatures,
+    maxQueued: config.maxQueued,
+    envPolicy: { allow: new Set(config.envAllow) },
+    rootDir: config.rootDir,
+    log,
+  });
+  const sessions = new SessionManager(kernels);
+  const ctx: GatewayContext = { kernels, sessions, specs, auth, baseUrl: '/', startedAt: new Date(), log };
+
+  const app = Fastify({
+    loggerInstance: log as FastifyBaseLogger,
+    // No log line per request: cheap, and a ?token= in a URL never reaches the log.
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: 1024 * 1024,
+    return503OnClosing: true,
+  });
+  app.decorateRequest('identity', null);
+  app.removeAllContentTypeParsers();
+  // Jupyter clients do not all send a JSON content type; every body is read as JSON.
+  app.addContentTypeParser('*', { parseAs: 'string' }, parseJson);
+
+  app.addHook('onRequest', async (req) => {
+    const identity = auth.authenticate(req.headers, req.url);
+    if (!identity) throw new KgateError(ErrorCodes.UNAUTHORIZED, 401, 'Unauthorized', 'a valid token is required (Authorization: token X, or ?token=X)');
+    req.identity = identity;
+  });
+
+  app.setErrorHandler((err: FastifyError | KgateError, req, reply) => {
+    if (err instanceof KgateError) {
+      if (err.status >= 500) req.log.error({ err, url: req.routeOptions.url }, 'request failed');
+      return reply.code(err.status).send(err.toBody());
+    }
+    const status = err.statusCode ?? 500;
+    if (status < 500) {
+      // fastify's own refusals (body too large, bad content): keep them JSON with a reason.
+      return reply.code(status).send({ reason: status === 413 ? 'Payload Too Large' : 'Bad Request', message: err.message, code: ErrorCodes.BAD_REQUEST });
+    }
+    req.log.error({ err, url: req.routeOptions.url }, 'unexpected error');
+    return reply.code(500).send({ reason: 'Internal Server Error', message: 'internal error; see the gateway log', code: ErrorCodes.INTERNAL });
+  });
+  app.setNotFoundHandler((req, reply) => {
+    const e = notFound(`no route ${req.method} ${req.url.split('?')[0]!.slice(0, 80)}`);
+    return reply.code(404).send(e.toBody());
+  });
+
+  statusRoutes(app, ctx);
+  kernelspecRoutes(app, ctx);
+  kernelRoutes(app, ctx);
+  sessionRoutes(app, ctx);
+
+  const channels = new ChannelsEndpoint(ctx, { maxMessageSize: config.maxMessageSize, maxClientBuffer: config.maxClientBuffer, pingIntervalMs: 30_000 });
+  channels.attach(app.server);
+  await app.ready();
+
+  let closing: Promise<void> | undefined;
+  return {
+    app,
+    ctx,
+    token,
+    async listen() {
+      await app.listen({ host: config.ip, port: config.port });
+      const addr = app.server.address();
+      const port = typeof addr === 'object' && addr ? addr.port : config.port;
+      return { host: config.ip, port };
+    },
+    close() {
+      closing ??= (async () => {
+        channels.close();
+        await kernels.shutdownAll();
+        await app.close();
+      })();
+      return closing;
+    },
+  };
+}

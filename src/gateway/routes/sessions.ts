@@ -1,0 +1,42 @@
+import type { FastifyInstance } from 'fastify';
+import { badRequest } from '../../errors.js';
+import type { GatewayContext } from '../context.js';
+import { createSessionBody, patchSessionBody } from '../schemas.js';
+import { parseBody } from '../validate.js';
+
+interface IdParams {
+  id: string;
+}
+
+export function sessionRoutes(app: FastifyInstance, ctx: GatewayContext): void {
+  const { sessions, baseUrl } = ctx;
+
+  app.get('/api/sessions', async () => sessions.list().map((s) => sessions.model(s)));
+
+  app.post('/api/sessions', async (req, reply) => {
+    const body = parseBody(createSessionBody, req.body);
+    const path = body.path ?? body.notebook?.path;
+    if (path === undefined) throw badRequest('path: a session needs a path');
+    const s = await sessions.create({
+      path,
+      name: body.name ?? '',
+      type: body.type ?? 'notebook',
+      kernel: body.kernel ?? undefined,
+      user: req.identity?.user,
+    });
+    return reply.code(201).header('Location', `${baseUrl}api/sessions/${s.id}`).send(sessions.model(s));
+  });
+
+  app.get<{ Params: IdParams }>('/api/sessions/:id', async (req) => sessions.model(sessions.get(req.params.id)));
+
+  app.patch<{ Params: IdParams }>('/api/sessions/:id', async (req) => {
+    const body = parseBody(patchSessionBody, req.body);
+    const s = await sessions.update(req.params.id, { ...body, kernel: body.kernel ?? undefined, user: req.identity?.user });
+    return sessions.model(s);
+  });
+
+  app.delete<{ Params: IdParams }>('/api/sessions/:id', async (req, reply) => {
+    await sessions.delete(req.params.id);
+    return reply.code(204).send();
+  });
+}

@@ -1,0 +1,24 @@
+import type { FastifyInstance } from 'fastify';
+import { jupyterDate } from '../../bridge/messages.js';
+import { VERSION } from '../../version.js';
+import type { GatewayContext } from '../context.js';
+
+export function statusRoutes(app: FastifyInstance, ctx: GatewayContext): void {
+  app.get('/api', async () => ({ version: VERSION, gateway: 'kgate' }));
+
+  app.get('/api/status', async () => {
+    const kernels = ctx.kernels.list();
+    let connections = 0;
+    let last = ctx.startedAt.getTime();
+    for (const k of kernels) {
+      connections += k.link?.connections ?? 0;
+      last = Math.max(last, k.link?.lastActivity ?? 0);
+    }
+    return {
+      started: jupyterDate(ctx.startedAt.getTime()),
+      last_activity: jupyterDate(last),
+      kernels: kernels.length,
+      connections,
+    };
+  });
+}

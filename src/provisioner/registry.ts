@@ -1,0 +1,33 @@
+/**
+ * Picks a kernel's provisioner from its kernelspec, as jupyter_client does:
+ * `metadata.kernel_provisioner.provisioner_name`, else the default.
+ */
+import { kernelStartFailed } from '../errors.js';
+import type { KernelSpec, Provisioner, ProvisionerFactory } from './types.js';
+
+/** jupyter_client's names for the same thing. */
+const ALIASES: Record<string, string> = { 'local-provisioner': 'local' };
+
+export class ProvisionerRegistry {
+  private readonly factories = new Map<string, ProvisionerFactory>();
+
+  constructor(
+    factories: ProvisionerFactory[],
+    private readonly defaultName: string,
+  ) {
+    for (const f of factories) this.factories.set(f.name, f);
+  }
+
+  nameFor(spec: KernelSpec): string {
+    const kp = spec.spec.metadata?.['kernel_provisioner'] as { provisioner_name?: unknown } | undefined;
+    const asked = typeof kp?.provisioner_name === 'string' ? kp.provisioner_name : this.defaultName;
+    return ALIASES[asked] ?? asked;
+  }
+
+  create(spec: KernelSpec): Provisioner {
+    const name = this.nameFor(spec);
+    const f = this.factories.get(name);
+    if (!f) throw kernelStartFailed(`kernelspec ${spec.name} asks for the provisioner ${JSON.stringify(name)}, which this gateway does not have`);
+    return f.create();
+  }
+}
