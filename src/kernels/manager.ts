@@ -245,11 +245,13 @@ export class KernelManager {
     try {
       await k.link.nudge(timeoutMs, died.signal);
     } catch (e) {
+      // Read before the kill below, whose exit would abort the signal too.
+      const exitedWhileStarting = died.signal.aborted;
       const tail = k.provisioner.diagnostics();
       await k.provisioner.kill(false).catch(() => undefined);
       await k.provisioner.cleanup(false).catch(() => undefined);
       const detail = `${e instanceof Error ? e.message : String(e)}${tail ? `; its stderr ends with: ${tail.slice(-1000)}` : ''}`;
-      if (died.signal.aborted) throw kernelStartFailed(`kernel ${k.name} failed to start: ${detail}`, e);
+      if (exitedWhileStarting) throw kernelStartFailed(`kernel ${k.name} failed to start: ${detail}`, e);
       throw kernelStartTimeout(`kernel ${k.name} did not answer within ${timeoutMs} ms: ${detail}`);
     } finally {
       died.abort();

@@ -1,0 +1,113 @@
+/**
+ * The `kgate` command as a user runs it (the built dist/cli.js, which
+ * `npm test` builds first): the listening line, the token, config errors, and
+ * a clean shutdown that leaves no kernel process behind.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { OPTIONS } from '../src/config.js';
+import { processesMatching } from './helpers/procs.js';
+
+const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+
+function run(args: string[], env: Record<string, string> = {}): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 20_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+interface Running {
+  child: ChildProcess;
+  url: string;
+  lines: string[];
+  exited: Promise<number | null>;
+}
+
+async function start(args: string[], env: Record<string, string> = {}): Promise<Running> {
+  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const lines: string[] = [];
+  let buf = '';
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`kgate did not start: ${lines.join('\n')}`)), 20_000);
+    child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      const parts = buf.split('\n');
+      buf = parts.pop()!;
+      lines.push(...parts);
+      const m = /^kgate listening on (http:\/\/\S+\/)$/.exec(lines[0] ?? '');
+      if (m && lines.length >= 2) {
+        clearTimeout(timer);
+        resolve(m[1]!);
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`kgate exited with ${code}`)));
+  });
+  return { child, url, lines, exited };
+}
+
+describe('kgate CLI', () => {
+  it('--help lists every option and its environment variable', () => {
+    const r = run(['--help']);
+    expect(r.status).toBe(0);
+    for (const o of Object.values(OPTIONS)) {
+      expect(r.stdout).toContain(`--${o.flag}`);
+      expect(r.stdout).toContain(o.env);
+    }
+  });
+
+  it('refuses bad settings with one clear line each and exit code 2', () => {
+    const r = run(['--port', '99999', '--launch-timeout', 'soon']);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain('--port');
+    expect(r.stderr).toContain('--launch-timeout');
+    expect(run(['--no-such-option']).status).toBe(2);
+  });
+
+  it('refuses to serve a non-loopback address without a token unless told', () => {
+    const r = run(['--ip', '0.0.0.0', '--auth-token', '']);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/without a token/);
+  });
+
+  it('prints the listening line first, then a random token that works', async () => {
+    const k = await start(['--port', '0', '--runtime-dir', mkdtempSync(join(tmpdir(), 'kgate-rt-'))]);
+    try {
+      expect(k.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/$/);
+      const token = /^token: (\S+)$/.exec(k.lines[1]!)?.[1];
+      expect(token).toMatch(/^[0-9a-f]{48}$/);
+      expect((await fetch(`${k.url}api/kernelspecs`)).status).toBe(401);
+      expect((await fetch(`${k.url}api/kernelspecs`, { headers: { Authorization: `token ${token}` } })).status).toBe(200);
+    } finally {
+      k.child.kill('SIGTERM');
+      await k.exited;
+    }
+  });
+
+  it('takes KG_* settings from the environment', async () => {
+    const k = await start(['--runtime-dir', mkdtempSync(join(tmpdir(), 'kgate-rt-'))], { KG_PORT: '0', KG_AUTH_TOKEN: 'from-env' });
+    try {
+      expect(k.lines[1]).toBe('token: from-env');
+      expect((await fetch(`${k.url}api/status`, { headers: { Authorization: 'token from-env' } })).status).toBe(200);
+    } finally {
+      k.child.kill('SIGTERM');
+      await k.exited;
+    }
+  });
+
+  it.each(['SIGTERM', 'SIGINT'] as const)('on %s shuts every kernel down and leaves no process behind', async (signal) => {
+    const runtimeDir = mkdtempSync(join(tmpdir(), 'kgate-rt-'));
+    const k = await start(['--port', '0', '--auth-token', 't', '--runtime-dir', runtimeDir]);
+    const headers = { Authorization: 'token t', 'Content-Type': 'application/json' };
+    const starts = await Promise.all([0, 1].map(() => fetch(`${k.url}api/kernels`, { method: 'POST', headers, body: '{"name":"python3"}' })));
+    expect(starts.map((r) => r.status)).toEqual([201, 201]);
+    // Kernel command lines hold their connection file, kernel-{id}.json in the runtime dir.
+    expect(processesMatching(join(runtimeDir, 'kernel-'))).toHaveLength(2);
+    k.child.kill(signal);
+    expect(await k.exited).toBe(0);
+    expect(processesMatching(join(runtimeDir, 'kernel-'))).toEqual([]);
+  });
+});

@@ -1,0 +1,151 @@
+/**
+ * Kernel lifecycle with real ipykernel processes: interrupt, restart, a kernel
+ * killed with SIGKILL (clients told, kernel back), a kernel that keeps dying,
+ * and kernels that cannot start.
+ */
+import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KernelClient, startGateway, stdout, type TestGateway } from '../helpers/gateway.js';
+import { processesMatching } from '../helpers/procs.js';
+
+function pidOf(t: TestGateway, kernelId: string): number {
+  const pid = t.gw.ctx.kernels.get(kernelId).provisioner.getInfo()['pid'];
+  if (typeof pid !== 'number') throw new Error('no pid');
+  return pid;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function until(pred: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await pred())) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Kernelspecs that cannot start, in a directory of their own. */
+function brokenSpecs(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'kgate-specs-'));
+  const spec = (name: string, argv: string[]): void => {
+    mkdirSync(join(dir, name));
+    writeFileSync(join(dir, name, 'kernel.json'), JSON.stringify({ argv, display_name: name, language: 'python' }));
+  };
+  spec('no-such-binary', ['/nonexistent/kernel-binary', '-f', '{connection_file}']);
+  spec('exits-at-once', ['/usr/bin/python3', '-c', 'import sys; sys.stderr.write("kernel says boom\\n"); sys.exit(3)']);
+  spec('never-answers', ['/usr/bin/python3', '-c', 'import time; time.sleep(600)', '{connection_file}']);
+  return dir;
+}
+
+let t: TestGateway;
+
+beforeAll(async () => {
+  t = await startGateway(['--kernelspec-dir', brokenSpecs(), '--restart-limit', '1', '--launch-timeout', '20']);
+});
+
+afterAll(async () => {
+  await t?.close();
+});
+
+describe('interrupt and restart', () => {
+  it('interrupts `while True: pass` and the kernel carries on', async () => {
+    const id = await t.startKernel();
+    const c = await KernelClient.connect(t, id);
+    const loop = c.execute('while True: pass');
+    await c.next((m) => m.parent_header.msg_id === loop && m.header.msg_type === 'execute_input');
+    const r = await t.api(`api/kernels/${id}/interrupt`, { method: 'POST' });
+    expect(r.status).toBe(204);
+    const reply = await c.reply(loop);
+    expect(reply.content['status']).toBe('error');
+    expect(reply.content['ename']).toBe('KeyboardInterrupt');
+    const after = c.execute('print("alive")');
+    await c.reply(after);
+    expect(stdout(c.outputs(after))).toBe('alive\n');
+    c.close();
+  });
+
+  it('restarts: state is gone, the same socket keeps working', async () => {
+    const id = await t.startKernel();
+    const c = await KernelClient.connect(t, id);
+    await c.reply(c.execute('x = 41'));
+    const before = pidOf(t, id);
+    const r = await t.api(`api/kernels/${id}/restart`, { method: 'POST' });
+    expect(r.status).toBe(200);
+    expect(((await r.json()) as { id: string }).id).toBe(id);
+    expect(pidOf(t, id)).not.toBe(before);
+    expect(alive(before)).toBe(false);
+    const probe = c.execute('print(x)');
+    const reply = await c.reply(probe);
+    expect(reply.content['ename']).toBe('NameError');
+    const again = c.execute('print(1 + 1)');
+    await c.reply(again);
+    expect(stdout(c.outputs(again))).toBe('2\n');
+    c.close();
+  });
+});
+
+describe('a kernel that dies', () => {
+  it('is announced as restarting and comes back after SIGKILL; a second death past the limit is dead', async () => {
+    const id = await t.startKernel();
+    const c = await KernelClient.connect(t, id, { protocol: 'v1' });
+    await c.reply(c.execute('1'));
+    const first = pidOf(t, id);
+    process.kill(first, 'SIGKILL');
+    const restarting = await c.next((m) => m.header.msg_type === 'status' && m.content['execution_state'] === 'restarting');
+    expect(restarting.channel).toBe('iopub');
+    await until(() => t.gw.ctx.kernels.has(id) && t.gw.ctx.kernels.get(id).phase === 'running');
+    expect(pidOf(t, id)).not.toBe(first);
+    const probe = c.execute('print("back")');
+    await c.reply(probe);
+    expect(stdout(c.outputs(probe))).toBe('back\n');
+
+    // --restart-limit 1: the next death within the stable window gives up.
+    process.kill(pidOf(t, id), 'SIGKILL');
+    await c.next((m) => m.header.msg_type === 'status' && m.content['execution_state'] === 'dead');
+    const closed = await c.waitClosed();
+    expect(closed.code).toBe(1011);
+    const r = await t.api(`api/kernels/${id}`);
+    expect(r.status).toBe(404);
+  });
+});
+
+describe('kernels that cannot start', () => {
+  it('a missing binary is a 500 with a reason', async () => {
+    const r = await t.api('api/kernels', { method: 'POST', json: { name: 'no-such-binary' } });
+    expect(r.status).toBe(500);
+    const body = (await r.json()) as { code: string; message: string; reason: string };
+    expect(body.code).toBe('KG_KERNEL_START_FAILED');
+    expect(body.message).toContain('/nonexistent/kernel-binary');
+  });
+
+  it('a kernel that exits at once is a 500 quoting its stderr, and is not listed', async () => {
+    const r = await t.api('api/kernels', { method: 'POST', json: { name: 'exits-at-once' } });
+    expect(r.status).toBe(500);
+    const body = (await r.json()) as { code: string; message: string };
+    expect(body.code).toBe('KG_KERNEL_START_FAILED');
+    expect(body.message).toContain('kernel says boom');
+    const list = (await (await t.api('api/kernels')).json()) as Array<{ name: string }>;
+    expect(list.some((k) => k.name === 'exits-at-once')).toBe(false);
+  });
+
+  it('a kernel that never answers times out with 504 (KERNEL_LAUNCH_TIMEOUT honoured) and is killed', async () => {
+    const started = Date.now();
+    const r = await t.api('api/kernels', { method: 'POST', json: { name: 'never-answers', env: { KERNEL_LAUNCH_TIMEOUT: '2' } } });
+    expect(r.status).toBe(504);
+    expect(((await r.json()) as { code: string }).code).toBe('KG_KERNEL_START_TIMEOUT');
+    expect(Date.now() - started).toBeLessThan(15_000);
+    const list = (await (await t.api('api/kernels')).json()) as Array<{ name: string }>;
+    expect(list.some((k) => k.name === 'never-answers')).toBe(false);
+    // The process that never answered is gone too.
+    await until(() => processesMatching('time.sleep(600)').length === 0, 5000);
+  });
+});
