@@ -36,8 +36,18 @@ export interface KernelLinkOptions {
 /** The identity frame of the link's own requests (nudges, shutdown, interrupt). */
 const LINK_IDENTITY = Buffer.from('kgate-link');
 const LINK_KEY = LINK_IDENTITY.toString('latin1');
-const NUDGE_INTERVAL_MS = 500;
+/**
+ * Once the kernel answers but iopub is still silent (the SUB has not joined
+ * yet), the nudge repeats at this pace; jupyter_server's 500 ms costs a start
+ * up to half a second for nothing.
+ */
+const NUDGE_INTERVAL_MS = 100;
 const NUDGE_RESEND_UNANSWERED_MS = 2000;
+/**
+ * The link connects before the kernel has bound its ports; ZeroMQ's default
+ * 100 ms reconnect pace would add up to that much to every start.
+ */
+const SOCKET_OPTIONS = { linger: 0, reconnectInterval: 20, reconnectMaxInterval: 250 };
 
 export function channelUrl(c: ConnectionInfo, port: number): string {
   return c.transport === 'ipc' ? `ipc://${c.ip}-${port}` : `tcp://${c.ip.includes(':') ? `[${c.ip}]` : c.ip}:${port}`;
@@ -73,10 +83,10 @@ export class KernelLink {
     // A routing id per link, not per gateway, so two gateways (or a restarted
     // one) can hold links to the same kernel at once. It must not start with 0.
     const routingId = `kg${randomBytes(8).toString('hex')}`;
-    this.shell = new Dealer({ routingId, linger: 0 });
-    this.control = new Dealer({ routingId, linger: 0 });
-    this.stdin = new Dealer({ routingId, linger: 0 });
-    this.iopub = new Subscriber({ linger: 0 });
+    this.shell = new Dealer({ ...SOCKET_OPTIONS, routingId });
+    this.control = new Dealer({ ...SOCKET_OPTIONS, routingId });
+    this.stdin = new Dealer({ ...SOCKET_OPTIONS, routingId });
+    this.iopub = new Subscriber(SOCKET_OPTIONS);
     this.outboxes = {
       shell: new Outbox(this.shell, options.maxQueued),
       control: new Outbox(this.control, options.maxQueued),
