@@ -43,13 +43,19 @@ function brokenSpecs(): string {
   spec('no-such-binary', ['/nonexistent/kernel-binary', '-f', '{connection_file}']);
   spec('exits-at-once', ['/usr/bin/python3', '-c', 'import sys; sys.stderr.write("kernel says boom\\n"); sys.exit(3)']);
   spec('never-answers', ['/usr/bin/python3', '-c', 'import time; time.sleep(600)', '{connection_file}']);
+  // ipykernel again, but interrupted by interrupt_request on control instead of SIGINT.
+  mkdirSync(join(dir, 'python3-message-interrupt'));
+  writeFileSync(
+    join(dir, 'python3-message-interrupt', 'kernel.json'),
+    JSON.stringify({ argv: ['/usr/bin/python3', '-m', 'ipykernel_launcher', '-f', '{connection_file}'], display_name: 'msg', language: 'python', interrupt_mode: 'message' }),
+  );
   return dir;
 }
 
 let t: TestGateway;
 
 beforeAll(async () => {
-  t = await startGateway(['--kernelspec-dir', brokenSpecs(), '--restart-limit', '1', '--launch-timeout', '20']);
+  t = await startGateway(['--kernelspec-dir', brokenSpecs(), '--restart-limit', '1', '--launch-timeout', '20', '--heartbeat-interval', '0.5', '--heartbeat-timeout', '3']);
 });
 
 afterAll(async () => {
@@ -70,6 +76,29 @@ describe('interrupt and restart', () => {
     const after = c.execute('print("alive")');
     await c.reply(after);
     expect(stdout(c.outputs(after))).toBe('alive\n');
+    c.close();
+  });
+
+  it('interrupts with interrupt_request when the kernelspec asks for interrupt_mode message', async () => {
+    const id = await t.startKernel('python3-message-interrupt');
+    const c = await KernelClient.connect(t, id);
+    const loop = c.execute('import time\nwhile True: time.sleep(0.01)');
+    await c.next((m) => m.parent_header.msg_id === loop && m.header.msg_type === 'execute_input');
+    expect((await t.api(`api/kernels/${id}/interrupt`, { method: 'POST' })).status).toBe(204);
+    expect((await c.reply(loop)).content['ename']).toBe('KeyboardInterrupt');
+    c.close();
+  });
+
+  it('holds what a client sends during a restart and delivers it once the kernel is back', async () => {
+    const id = await t.startKernel();
+    const c = await KernelClient.connect(t, id);
+    await c.reply(c.execute('1'));
+    const restarting = t.api(`api/kernels/${id}/restart`, { method: 'POST' });
+    await until(() => t.gw.ctx.kernels.get(id).phase === 'restarting');
+    const during = c.execute('print("sent while restarting")');
+    expect((await restarting).status).toBe(200);
+    await c.reply(during);
+    expect(stdout(c.outputs(during))).toBe('sent while restarting\n');
     c.close();
   });
 
@@ -115,6 +144,23 @@ describe('a kernel that dies', () => {
     expect(closed.code).toBe(1011);
     const r = await t.api(`api/kernels/${id}`);
     expect(r.status).toBe(404);
+  });
+});
+
+describe('a kernel that hangs', () => {
+  it('is found by its silent heartbeat, killed and restarted', async () => {
+    const id = await t.startKernel();
+    const c = await KernelClient.connect(t, id);
+    await c.reply(c.execute('1'));
+    const hung = pidOf(t, id);
+    process.kill(hung, 'SIGSTOP');
+    await c.next((m) => m.header.msg_type === 'status' && m.content['execution_state'] === 'restarting', 15_000);
+    await until(() => t.gw.ctx.kernels.get(id).phase === 'running');
+    expect(alive(hung)).toBe(false);
+    const probe = c.execute('print("unstuck")');
+    await c.reply(probe);
+    expect(stdout(c.outputs(probe))).toBe('unstuck\n');
+    c.close();
   });
 });
 
