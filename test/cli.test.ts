@@ -4,7 +4,7 @@
  * a clean shutdown that leaves no kernel process behind.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -96,6 +96,25 @@ describe('kgate CLI', () => {
       k.child.kill('SIGTERM');
       await k.exited;
     }
+  });
+
+  it('never writes a kernel key or the token to its logs, even at trace level', async () => {
+    const runtimeDir = mkdtempSync(join(tmpdir(), 'kgate-rt-'));
+    const k = await start(['--port', '0', '--auth-token', 'sekret-token', '--runtime-dir', runtimeDir, '--log-level', 'trace']);
+    let stderr = '';
+    k.child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const headers = { Authorization: 'token sekret-token', 'Content-Type': 'application/json' };
+    const r = await fetch(`${k.url}api/kernels`, { method: 'POST', headers, body: '{"name":"python3"}' });
+    const { id } = (await r.json()) as { id: string };
+    const key = (JSON.parse(readFileSync(join(runtimeDir, `kernel-${id}.json`), 'utf8')) as { key: string }).key;
+    expect(key).toMatch(/^[0-9a-f]{64}$/);
+    await fetch(`${k.url}api/kernels/${id}/restart?token=sekret-token`, { method: 'POST' });
+    await fetch(`${k.url}api/kernels/${id}`, { method: 'DELETE', headers });
+    k.child.kill('SIGTERM');
+    await k.exited;
+    expect(stderr).toContain('kernel started');
+    expect(stderr).not.toContain(key);
+    expect(stderr).not.toContain('sekret-token');
   });
 
   it.each(['SIGTERM', 'SIGINT'] as const)('on %s shuts every kernel down and leaves no process behind', async (signal) => {
