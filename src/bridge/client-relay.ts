@@ -58,8 +58,12 @@ export class ClientRelay implements LinkClient {
     this.encode = codecs[protocol].encode;
     this.onMessage = this.onMessage.bind(this);
     this.onClose = this.onClose.bind(this);
+    this.onError = this.onError.bind(this);
     ws.on('message', this.onMessage);
     ws.on('close', this.onClose);
+    // ws reports protocol faults (an oversize frame: 1009, bad UTF-8: 1007) here and
+    // closes the socket itself; without a listener they would take the process down.
+    ws.on('error', this.onError);
     link.attach(this);
   }
 
@@ -96,11 +100,19 @@ export class ClientRelay implements LinkClient {
         this.close(e.closeCode, closeReason(`kgate: ${e.message}`));
         return;
       }
-      throw e;
+      // A bug in a codec must cost this client its socket, never the gateway.
+      this.options.log.error({ err: e }, 'failed to decode a client frame');
+      this.close(WsClose.InternalError, 'kgate: internal error decoding the frame');
+      return;
     }
     if (!this.link.send(msg.channel, this.identity, msg)) {
       this.close(WsClose.TryAgainLater, 'kgate: the kernel is not taking input fast enough');
     }
+  }
+
+  private onError(err: Error): void {
+    this.options.log.debug({ err, session: this.sessionId }, 'client WebSocket error');
+    this.link.detach(this);
   }
 
   private onClose(): void {

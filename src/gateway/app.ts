@@ -3,10 +3,11 @@
  * managers, the REST routes (fastify) and the channels WebSocket (ws).
  */
 import { randomBytes } from 'node:crypto';
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
+import { STATUS_CODES } from 'node:http';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
-import { ErrorCodes, KgateError, invalidJson, notFound } from '../errors.js';
+import { ErrorCodes, KgateError, invalidJson, notFound, truncate } from '../errors.js';
 import { BUILTIN_KERNELSPECS, jupyterKernelDirs, KernelSpecStore } from '../kernels/kernelspecs.js';
 import { KernelManager } from '../kernels/manager.js';
 import { SessionManager } from '../kernels/sessions.js';
@@ -75,6 +76,12 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 1024 * 1024,
     return503OnClosing: true,
+    // Routing refusals (a malformed or overlong path segment) quote the whole path in
+    // fastify's own message; answer them in kgate's JSON without echoing the input.
+    frameworkErrors: (err, _req, reply: FastifyReply) => {
+      const status = err.statusCode ?? 400;
+      void reply.code(status).send({ reason: STATUS_CODES[status] ?? 'Bad Request', message: `the request path is malformed or too long (${err.code})`, code: ErrorCodes.BAD_REQUEST });
+    },
   });
   app.decorateRequest('identity', null);
   app.removeAllContentTypeParsers();
@@ -94,8 +101,9 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
     }
     const status = err.statusCode ?? 500;
     if (status < 500) {
-      // fastify's own refusals (body too large, bad content): keep them JSON with a reason.
-      return reply.code(status).send({ reason: status === 413 ? 'Payload Too Large' : 'Bad Request', message: err.message, code: ErrorCodes.BAD_REQUEST });
+      // fastify's own refusals (body too large, URL too long): JSON with a reason, and
+      // the message cut short because fastify's can quote the whole request URL.
+      return reply.code(status).send({ reason: STATUS_CODES[status] ?? 'Bad Request', message: truncate(err.message, 200), code: ErrorCodes.BAD_REQUEST });
     }
     req.log.error({ err, url: req.routeOptions.url }, 'unexpected error');
     return reply.code(500).send({ reason: 'Internal Server Error', message: 'internal error; see the gateway log', code: ErrorCodes.INTERNAL });
