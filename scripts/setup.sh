@@ -21,8 +21,12 @@ has_python_kernelspec() {
 
 debs=()
 if [ "$want_test" = 1 ]; then
-  # The tests drive Debian's ipykernel (a known version), whatever else is installed.
-  dpkg -s python3-ipykernel >/dev/null 2>&1 || debs+=(python3-ipykernel)
+  # The tests drive Debian's real clients and kernels (known versions), whatever else is
+  # installed: ipykernel, jupyter server (--gateway-url and the benchmark's peer),
+  # matplotlib (rich output), tornado's websocket client, and Chromium for the demo page.
+  for p in python3-ipykernel python3-jupyter-server python3-matplotlib python3-tornado chromium; do
+    dpkg -s "$p" >/dev/null 2>&1 || debs+=("$p")
+  done
 elif ! has_python_kernelspec; then
   debs+=(python3-ipykernel)
 fi
