@@ -57,7 +57,8 @@ async function direct(dir: string): Promise<number> {
   const file = join(dir, `direct-${randomBytes(4).toString('hex')}.json`);
   writeFileSync(file, JSON.stringify(conn));
   const signer = new Signer(key);
-  const shell = new Dealer({ linger: 0 });
+  // The same flat 10 ms reconnect pace kgate uses, so the ceiling is not held back by ZeroMQ's backoff.
+  const shell = new Dealer({ linger: 0, reconnectInterval: 10, reconnectMaxInterval: 0 });
   shell.connect(`tcp://127.0.0.1:${conn.shell_port}`);
   const t0 = performance.now();
   const child = spawn(PYTHON, ['-m', 'ipykernel_launcher', '-f', file], { stdio: 'ignore' });
