@@ -6,13 +6,22 @@ import type { Logger } from 'pino';
 import { WebSocket, type RawData } from 'ws';
 import { WsClose } from '../errors.js';
 import { FrameError, type ClientMessage } from './client-message.js';
-import type { KernelLink, LinkClient } from './kernel-link.js';
+import { msgTypeOf } from './iopub-rate-limit.js';
+import type { EncodeCache, KernelLink, LinkClient } from './kernel-link.js';
+import { makeMessage } from './messages.js';
 import { decodeJsonFrame, encodeJsonFrame, type OutFrame } from './ws-json.js';
-import { sendFrame } from './ws-send.js';
+import { prepareFrame, sendPrepared } from './ws-send.js';
 import { decodeV1Frame, encodeV1Frame } from './ws-v1.js';
 import type { Channel, MessageParts } from './wire.js';
 
 export type WsProtocol = 'json' | 'v1';
+
+/** How long a stalled client's close frame may wait behind its unread data. */
+const SLOW_CLIENT_GRACE_MS = 2000;
+/** While a client is behind, how often to see whether it has caught up. */
+const DRAIN_CHECK_MS = 100;
+/** Output a client that is behind can miss without the notebook's state going wrong. */
+const DROPPABLE = new Set(['stream', 'display_data', 'update_display_data']);
 
 export interface ClientRelayOptions {
   /** Bytes the socket may hold unsent before the client counts as too slow and is closed. */
@@ -44,6 +53,10 @@ export class ClientRelay implements LinkClient {
   readonly identityKey: string;
   private readonly decode: Decoder;
   private readonly encode: Encoder;
+  /** Output messages not sent since the client fell behind, and the request the last one answered. */
+  private droppedOutputs = 0;
+  private droppedParent: Buffer | undefined;
+  private drainCheck: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly ws: WebSocket,
@@ -59,6 +72,7 @@ export class ClientRelay implements LinkClient {
     this.onMessage = this.onMessage.bind(this);
     this.onClose = this.onClose.bind(this);
     this.onError = this.onError.bind(this);
+    this.onDrainCheck = this.onDrainCheck.bind(this);
     ws.on('message', this.onMessage);
     ws.on('close', this.onClose);
     // ws reports protocol faults (an oversize frame: 1009, bad UTF-8: 1007) here and
@@ -67,21 +81,86 @@ export class ClientRelay implements LinkClient {
     link.attach(this);
   }
 
-  deliver(channel: Channel, m: MessageParts): void {
+  deliver(channel: Channel, m: MessageParts, cache: EncodeCache): void {
     const ws = this.ws;
     if (ws.readyState !== WebSocket.OPEN) return;
-    if (ws.bufferedAmount > this.options.maxBufferedBytes) {
-      this.close(WsClose.SlowClient, 'client too slow: its unread messages passed the send buffer bound');
+    if (ws.bufferedAmount > this.options.maxBufferedBytes && this.overBound(channel, m)) return;
+    let frame = cache[this.protocol];
+    if (frame === undefined) {
+      try {
+        frame = prepareFrame(this.encode(channel, m));
+      } catch (e) {
+        this.options.log.warn({ err: e, channel }, 'dropped a kernel message that could not be encoded');
+        frame = null;
+      }
+      cache[this.protocol] = frame;
+    }
+    if (frame !== null) sendPrepared(ws, frame);
+  }
+
+  /**
+   * The client is not reading as fast as the kernel writes and its unsent
+   * bytes passed the bound. Output (stream and display data) is dropped for
+   * this client alone until it catches up, and then it is told how much it
+   * missed; what keeps the protocol's state right (status, replies, results,
+   * errors, comms, stdin) still goes out. If even that passes twice the bound,
+   * the client has stopped reading altogether and is closed with 4008.
+   * Returns true when the message is not to be sent.
+   */
+  private overBound(channel: Channel, m: MessageParts): boolean {
+    const ws = this.ws;
+    if (ws.bufferedAmount > 2 * this.options.maxBufferedBytes) {
+      this.dropStalled();
+      return true;
+    }
+    if (channel !== 'iopub') return false;
+    const type = msgTypeOf(m.header);
+    if (type === undefined || !DROPPABLE.has(type)) return false;
+    this.droppedOutputs++;
+    this.droppedParent = m.parent;
+    if (this.drainCheck === undefined) {
+      this.drainCheck = setInterval(this.onDrainCheck, DRAIN_CHECK_MS);
+      this.drainCheck.unref();
+    }
+    return true;
+  }
+
+  private onDrainCheck(): void {
+    const ws = this.ws;
+    if (ws.readyState !== WebSocket.OPEN) {
+      this.stopDrainCheck();
       return;
     }
-    let frame: OutFrame;
-    try {
-      frame = this.encode(channel, m);
-    } catch (e) {
-      this.options.log.warn({ err: e, channel }, 'dropped a kernel message that could not be encoded');
-      return;
-    }
-    sendFrame(ws, frame);
+    if (ws.bufferedAmount > this.options.maxBufferedBytes / 2) return;
+    const n = this.droppedOutputs;
+    this.stopDrainCheck();
+    this.droppedOutputs = 0;
+    const { parts } = makeMessage(
+      'stream',
+      { name: 'stderr', text: `[kgate] ${n} output message${n === 1 ? ' was' : 's were'} not sent to this client: it was not reading as fast as the kernel wrote.\n` },
+      this.link.session,
+    );
+    if (this.droppedParent) parts.parent = this.droppedParent;
+    this.droppedParent = undefined;
+    sendPrepared(ws, prepareFrame(this.encode('iopub', parts)));
+  }
+
+  private stopDrainCheck(): void {
+    clearInterval(this.drainCheck);
+    this.drainCheck = undefined;
+  }
+
+  /**
+   * The client stopped reading altogether: close it with 4008. The close frame
+   * waits behind the unread data, which a stalled client never drains, so the
+   * socket (and the memory it holds) is destroyed after a short grace instead
+   * of ws's 30 s close timeout.
+   */
+  private dropStalled(): void {
+    this.stopDrainCheck();
+    this.close(WsClose.SlowClient, 'kgate: client too slow: its unread messages passed the send buffer bound');
+    const ws = this.ws;
+    setTimeout(() => ws.terminate(), SLOW_CLIENT_GRACE_MS).unref();
   }
 
   close(code: number, reason: string): void {
@@ -116,6 +195,7 @@ export class ClientRelay implements LinkClient {
   }
 
   private onClose(): void {
+    this.stopDrainCheck();
     this.link.detach(this);
   }
 }

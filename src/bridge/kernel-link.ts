@@ -11,18 +11,29 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { Dealer, Subscriber } from 'zeromq';
 import type { ConnectionInfo } from '../provisioner/types.js';
+import { IopubRateLimiter, Verdict, type RateLimits } from './iopub-rate-limit.js';
 import { makeMessage } from './messages.js';
 import { Outbox } from './outbox.js';
 import { Signer, splitWire, toWire, type Channel, type InputChannel, type MessageParts, type WireMessage } from './wire.js';
+import type { PreparedFrame } from './ws-send.js';
 
 export type ExecutionState = 'starting' | 'idle' | 'busy' | 'restarting' | 'dead' | 'unknown';
+
+/**
+ * One kernel message's encodings, made at most once per protocol however many
+ * clients receive it (null: it could not be encoded).
+ */
+export interface EncodeCache {
+  json?: PreparedFrame | null;
+  v1?: PreparedFrame | null;
+}
 
 /** What the link needs of a client: a key for its identity frame, and a way to hand it messages. */
 export interface LinkClient {
   readonly identity: Buffer;
   /** `identity` as a latin1 string: the key of the routing map. */
   readonly identityKey: string;
-  deliver(channel: Channel, m: MessageParts): void;
+  deliver(channel: Channel, m: MessageParts, cache: EncodeCache): void;
   close(code: number, reason: string): void;
 }
 
@@ -30,6 +41,10 @@ export interface KernelLinkOptions {
   verifySignatures: boolean;
   /** Messages from clients held while the kernel (re)starts, and queued per socket. */
   maxQueued: number;
+  /** jupyter_server's iopub rate limit; undefined leaves it off. */
+  iopubRateLimit?: RateLimits | undefined;
+  /** Messages the iopub SUB may hold before the kernel's PUB starts dropping (ZeroMQ RCVHWM). */
+  iopubHighWaterMark: number;
   log: Logger;
 }
 
@@ -62,7 +77,7 @@ export class KernelLink {
   executionState: ExecutionState = 'starting';
   lastActivity = Date.now();
   /** Counts of what was dropped, for metrics and tests. */
-  readonly dropped = { badSignature: 0, malformed: 0, noClient: 0, inputQueueFull: 0 };
+  readonly dropped = { badSignature: 0, malformed: 0, noClient: 0, inputQueueFull: 0, rateLimited: 0 };
 
   private readonly signer: Signer;
   private readonly shell: Dealer;
@@ -78,6 +93,7 @@ export class KernelLink {
   private closed = false;
   private iopubSeen = false;
   private onIopubSeen: (() => void) | undefined;
+  private readonly rateLimiter: IopubRateLimiter | undefined;
 
   constructor(
     private readonly conn: ConnectionInfo,
@@ -90,7 +106,8 @@ export class KernelLink {
     this.shell = new Dealer({ ...SOCKET_OPTIONS, routingId });
     this.control = new Dealer({ ...SOCKET_OPTIONS, routingId });
     this.stdin = new Dealer({ ...SOCKET_OPTIONS, routingId });
-    this.iopub = new Subscriber(SOCKET_OPTIONS);
+    this.iopub = new Subscriber({ ...SOCKET_OPTIONS, receiveHighWaterMark: options.iopubHighWaterMark });
+    this.rateLimiter = options.iopubRateLimit ? new IopubRateLimiter(options.iopubRateLimit) : undefined;
     this.outboxes = {
       shell: new Outbox(this.shell, options.maxQueued),
       control: new Outbox(this.control, options.maxQueued),
@@ -242,7 +259,7 @@ export class KernelLink {
   broadcastStatus(state: ExecutionState): void {
     this.executionState = state;
     const { parts } = makeMessage('status', { execution_state: state }, this.session);
-    for (const client of this.clients.values()) client.deliver('iopub', parts);
+    this.fanOut(parts);
   }
 
   close(): void {
@@ -293,7 +310,7 @@ export class KernelLink {
       return;
     }
     const client = this.clients.get(key);
-    if (client) client.deliver(channel, m);
+    if (client) client.deliver(channel, m, {});
     else this.dropped.noClient++;
   }
 
@@ -322,7 +339,27 @@ export class KernelLink {
     if (m.header.includes('"status"')) this.trackStatus(m);
     this.iopubSeen = true;
     this.onIopubSeen?.();
-    for (const client of this.clients.values()) client.deliver('iopub', m);
+    if (this.rateLimiter) {
+      const verdict = this.rateLimiter.admit(m, this.lastActivity);
+      if (verdict !== Verdict.Pass) {
+        this.dropped.rateLimited++;
+        if (verdict !== Verdict.Drop) this.notify(this.rateLimiter.notice(verdict), m.parent);
+        return;
+      }
+    }
+    this.fanOut(m);
+  }
+
+  private fanOut(m: MessageParts): void {
+    const cache: EncodeCache = {};
+    for (const client of this.clients.values()) client.deliver('iopub', m, cache);
+  }
+
+  /** Tells every client something on stderr, on the output of the request `parent` answers. */
+  notify(text: string, parent: Buffer): void {
+    const { parts } = makeMessage('stream', { name: 'stderr', text }, this.session);
+    parts.parent = parent;
+    this.fanOut(parts);
   }
 
   private trackStatus(m: WireMessage): void {

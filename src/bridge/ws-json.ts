@@ -5,6 +5,7 @@
  * big-endian uint32 offsets (the first is 4·(nbufs+1)), the JSON message, then
  * the buffers. See jupyter_server `services/kernels/connection/base.py`.
  */
+import { isUtf8 } from 'node:buffer';
 import { EMPTY_OBJECT, FrameError, MAX_BUFFERS, type ClientMessage } from './client-message.js';
 import { isObjectSpan, JsonScanError, scanTopLevel, type Span } from './json-scan.js';
 import { isInputChannel, type Channel, type MessageParts } from './wire.js';
@@ -22,6 +23,8 @@ function objectPart(frame: Buffer, span: Span | undefined, name: string, allowNu
 
 /** Splits the JSON part of a client message into raw parts; `buffers` come from the binary form. */
 function decodeJsonPart(frame: Buffer, start: number, end: number, buffers: Buffer[]): ClientMessage {
+  // The scanner does not check UTF-8, and ws does not check binary frames.
+  if (!isUtf8(frame.subarray(start, end))) throw new FrameError('the JSON message is not valid UTF-8');
   let members: Map<string, Span>;
   try {
     members = scanTopLevel(frame, start, end);
@@ -50,7 +53,10 @@ function decodeJsonPart(frame: Buffer, start: number, end: number, buffers: Buff
 
 /** Decodes one client frame of the JSON protocol (text, or the binary form with buffers). */
 export function decodeJsonFrame(frame: Buffer, isBinary: boolean): ClientMessage {
-  if (!isBinary) return decodeJsonPart(frame, 0, frame.length, []);
+  // jupyter_server's gateway client (1.x and 2.x) forwards a browser's binary frames
+  // as text frames. JSON text never starts with NUL and the binary form always does
+  // (its first word is a small buffer count), so the frame tells which it is.
+  if (!isBinary && frame[0] !== 0) return decodeJsonPart(frame, 0, frame.length, []);
   if (frame.length < 8) throw new FrameError('binary frame too short for an offsets table');
   const nbufs = frame.readUInt32BE(0);
   const tableEnd = 4 * (nbufs + 1);

@@ -15,17 +15,20 @@ const WHOLE_TEXT = { binary: false, fin: true };
 const PART = { binary: true, fin: false };
 const PART_TEXT = { binary: false, fin: false };
 
-/** Sends one message made of chunks, without concatenating large ones. */
-export function sendFrame(ws: WebSocket, f: OutFrame): void {
-  const whole = f.binary ? WHOLE : WHOLE_TEXT;
-  if (f.chunks.length === 1) {
-    ws.send(f.chunks[0]!, whole);
-    return;
-  }
-  if (f.length < COALESCE_BELOW) {
-    ws.send(Buffer.concat(f.chunks, f.length), whole);
-    return;
-  }
+/**
+ * A message ready for the socket: one buffer, or fragments of one message.
+ * Prepared once per kernel message and sent to every client of the same
+ * protocol, so fan-out to many clients costs no encoding per client.
+ */
+export interface PreparedFrame {
+  fragments: Buffer[];
+  binary: boolean;
+}
+
+/** Coalesces small chunks (one small write beats several fragments); large ones stay as they are. */
+export function prepareFrame(f: OutFrame): PreparedFrame {
+  if (f.chunks.length === 1) return { fragments: f.chunks, binary: f.binary };
+  if (f.length < COALESCE_BELOW) return { fragments: [Buffer.concat(f.chunks, f.length)], binary: f.binary };
   const fragments: Buffer[] = [];
   let small: Buffer[] = [];
   let smallLength = 0;
@@ -41,8 +44,21 @@ export function sendFrame(ws: WebSocket, f: OutFrame): void {
     }
   }
   if (small.length > 0) fragments.push(small.length === 1 ? small[0]! : Buffer.concat(small, smallLength));
-  const part = f.binary ? PART : PART_TEXT;
+  return { fragments, binary: f.binary };
+}
+
+/** Sends a prepared message; ws frames each fragment without copying it (no masking on a server). */
+export function sendPrepared(ws: WebSocket, p: PreparedFrame): void {
+  const fragments = p.fragments;
   const last = fragments.length - 1;
-  for (let k = 0; k < last; k++) ws.send(fragments[k]!, part);
-  ws.send(fragments[last]!, whole);
+  if (last > 0) {
+    const part = p.binary ? PART : PART_TEXT;
+    for (let k = 0; k < last; k++) ws.send(fragments[k]!, part);
+  }
+  ws.send(fragments[last]!, p.binary ? WHOLE : WHOLE_TEXT);
+}
+
+/** Sends one message made of chunks, without concatenating large ones. */
+export function sendFrame(ws: WebSocket, f: OutFrame): void {
+  sendPrepared(ws, prepareFrame(f));
 }

@@ -61,8 +61,15 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
     shutdownWaitMs: config.shutdownWait * 1000,
     restartLimit: config.restartLimit,
     heartbeat: { intervalMs: config.heartbeatInterval * 1000, timeoutMs: config.heartbeatTimeout * 1000 },
-    verifySignatures: config.verifySignatures,
-    maxQueued: config.maxQueued,
+    link: {
+      verifySignatures: config.verifySignatures,
+      maxQueued: config.maxQueued,
+      iopubHighWaterMark: config.iopubHwm,
+      iopubRateLimit:
+        config.iopubMsgRateLimit > 0 || config.iopubDataRateLimit > 0
+          ? { msgsPerSec: config.iopubMsgRateLimit, bytesPerSec: config.iopubDataRateLimit, windowSec: config.rateLimitWindow }
+          : undefined,
+    },
     envPolicy: { allow: new Set(config.envAllow) },
     rootDir: config.rootDir,
     log,
@@ -118,7 +125,7 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
   kernelRoutes(app, ctx);
   sessionRoutes(app, ctx);
 
-  const channels = new ChannelsEndpoint(ctx, { maxMessageSize: config.maxMessageSize, maxClientBuffer: config.maxClientBuffer, pingIntervalMs: 30_000 });
+  const channels = new ChannelsEndpoint(ctx, { maxMessageSize: config.maxMessageSize, maxClientBuffer: config.maxClientBuffer, pingIntervalMs: 30_000, deflate: config.wsDeflate });
   channels.attach(app.server);
   await app.ready();
 

@@ -17,6 +17,8 @@ export interface ChannelsOptions {
   maxMessageSize: number;
   maxClientBuffer: number;
   pingIntervalMs: number;
+  /** Offer permessage-deflate; off by default, because it costs CPU on every frame of the hot path. */
+  deflate: boolean;
 }
 
 function refuse(socket: Duplex, e: KgateError): void {
@@ -47,7 +49,10 @@ export class ChannelsEndpoint {
     this.wss = new WebSocketServer({
       noServer: true,
       maxPayload: options.maxMessageSize,
-      perMessageDeflate: false,
+      perMessageDeflate: options.deflate ? { threshold: 1024 } : false,
+      // Text frames are checked for UTF-8 by the JSON decoder itself, which must also
+      // accept the binary form that jupyter_server's gateway client sends as text.
+      skipUTF8Validation: true,
       handleProtocols: chooseProtocol,
     });
     const base = ctx.baseUrl.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

@@ -7,7 +7,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { Heartbeat } from '../bridge/heartbeat.js';
-import { channelUrl, KernelLink, type ExecutionState } from '../bridge/kernel-link.js';
+import { channelUrl, KernelLink, type ExecutionState, type KernelLinkOptions } from '../bridge/kernel-link.js';
 import { jupyterDate } from '../bridge/messages.js';
 import {
   WsClose,
@@ -40,8 +40,8 @@ export interface KernelManagerOptions {
   /** Automatic restarts allowed in a row before a dying kernel is given up as dead. */
   restartLimit: number;
   heartbeat: { intervalMs: number; timeoutMs: number };
-  verifySignatures: boolean;
-  maxQueued: number;
+  /** How each kernel's ZeroMQ link relays (signatures, queues, iopub limits). */
+  link: Omit<KernelLinkOptions, 'log'>;
   envPolicy: EnvPolicy;
   rootDir: string;
   log: Logger;
@@ -237,7 +237,7 @@ export class KernelManager {
     const conn = await k.provisioner.launch({ kernelId: k.id, spec: k.spec, key, env: k.env, cwd: k.cwd, reuse });
     k.conn = conn;
     if (!k.link) {
-      k.link = new KernelLink(conn, { verifySignatures: this.o.verifySignatures, maxQueued: this.o.maxQueued, log: this.o.log.child({ kernel: k.id }) });
+      k.link = new KernelLink(conn, { ...this.o.link, log: this.o.log.child({ kernel: k.id }) });
       k.link.open();
     }
     const died = new AbortController();

@@ -243,6 +243,7 @@ describe('bad WebSocket frames close only the sender, with 1007 and a reason', (
 
   it('the kernel is still there and still one kernel', async () => {
     const list = (await (await t.api('api/kernels')).json()) as Array<{ id: string; execution_state: string }>;
-    expect(list).toEqual([expect.objectContaining({ id: kernelId, execution_state: 'idle' })]);
+    // idle, or busy answering the last kernel_info: alive either way.
+    expect(list).toEqual([expect.objectContaining({ id: kernelId, execution_state: expect.stringMatching(/^(idle|busy)$/) })]);
   });
 });

@@ -15,8 +15,17 @@ const MIME: Record<string, string> = {
 export function kernelspecRoutes(app: FastifyInstance, ctx: GatewayContext): void {
   const { specs, baseUrl } = ctx;
 
-  app.get('/api/kernelspecs', async () => {
+  app.get<{ Querystring: { user?: string } }>('/api/kernelspecs', async (req) => {
     await specs.refresh();
+    // jupyter_server's GatewayKernelSpecManager, with KERNEL_USERNAME set, asks for one
+    // spec as `/api/kernelspecs?user=alice/python3` (the name appended after its filter).
+    const user = req.query.user;
+    if (typeof user === 'string' && user.includes('/')) {
+      const name = user.slice(user.lastIndexOf('/') + 1);
+      const m = specs.model(name, baseUrl);
+      if (!m) throw kernelspecNotFound(name);
+      return m;
+    }
     const kernelspecs: Record<string, KernelSpecModel> = {};
     for (const name of specs.names()) kernelspecs[name] = specs.model(name, baseUrl)!;
     return { default: specs.defaultName, kernelspecs };
