@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what kgate needs on a Debian/Ubuntu machine with Node.js 20+:
-# the npm packages, the build, and Debian's python3-ipykernel when no Python
-# kernelspec is found. With --test it also installs what the test suite drives.
+# the npm packages, the build (gateway and demo page), Debian's python3-ipykernel
+# when no Python kernelspec is found, and python3-matplotlib for the demo page's
+# plot. With --test it also installs what the test suite drives.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +28,10 @@ if [ "$want_test" = 1 ]; then
   for p in python3-ipykernel python3-jupyter-server python3-matplotlib python3-tornado chromium; do
     dpkg -s "$p" >/dev/null 2>&1 || debs+=("$p")
   done
-elif ! has_python_kernelspec; then
-  debs+=(python3-ipykernel)
+else
+  has_python_kernelspec || debs+=(python3-ipykernel)
+  # The demo page that quickstart.sh serves draws a plot.
+  dpkg -s python3-matplotlib >/dev/null 2>&1 || debs+=(python3-matplotlib)
 fi
 
 if [ ${#debs[@]} -gt 0 ]; then

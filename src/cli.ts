@@ -4,6 +4,7 @@
  * listening is `kgate listening on http://HOST:PORT/`; logs go to stderr.
  */
 import { ConfigError, helpText, loadConfig } from './config.js';
+import { DemoNotBuiltError, startDemoServer, type DemoServer } from './demo-server.js';
 import { createGateway } from './gateway/app.js';
 import { createLogger } from './log.js';
 import { VERSION } from './version.js';
@@ -28,13 +29,32 @@ async function main(): Promise<void> {
     return;
   }
   const log = createLogger(config.logLevel);
+  let demo: DemoServer | undefined;
+  if (config.demoPort !== undefined) {
+    // Listening first, so the gateway knows the demo page's port (for --demo-port 0) and allows its origin.
+    try {
+      demo = await startDemoServer({ ip: config.ip, port: config.demoPort, frameAncestors: config.frameAncestors });
+    } catch (e) {
+      if (!(e instanceof DemoNotBuiltError)) throw e;
+      process.stderr.write(`kgate: ${e.message}\n`);
+      process.exit(2);
+    }
+    config = { ...config, demoPort: demo.port };
+  }
   const gateway = await createGateway(config, log);
   const { host, port } = await gateway.listen();
   const shown = host.includes(':') ? `[${host}]` : host;
-  const url = `http://${shown}:${port}/`;
+  const url = `http://${shown}:${port}${gateway.ctx.baseUrl}`;
   const lines = [`kgate listening on ${url}`];
   if (gateway.token) lines.push(`token: ${gateway.token}`, `try: curl -H 'Authorization: token ${gateway.token}' ${url}api/kernelspecs`);
   else lines.push('auth: off (no token)');
+  if (demo) {
+    // The fragment carries the gateway and token to the page without sending them to any server.
+    const pageHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : shown;
+    const kgateUrl = `http://${pageHost}:${port}/`;
+    const enc = (s: string): string => encodeURIComponent(s).replace(/%3A/g, ':').replace(/%2F/g, '/');
+    lines.push(`demo page: http://${pageHost}:${demo.port}/#kgate=${enc(kgateUrl)}${gateway.token ? `&token=${enc(gateway.token)}` : ''}`);
+  }
   process.stdout.write(`${lines.join('\n')}\n`);
 
   let stopping = false;
@@ -46,7 +66,7 @@ async function main(): Promise<void> {
     }
     stopping = true;
     log.info({ signal }, 'shutting down: stopping every kernel');
-    gateway.close().then(
+    Promise.all([gateway.close(), demo?.close()]).then(
       () => process.exit(0),
       (err: unknown) => {
         log.error({ err }, 'shutdown failed');

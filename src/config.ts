@@ -8,11 +8,35 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { KERNEL_NAME } from './kernels/kernelspecs.js';
+import { normalizeFrameAncestor, normalizeOrigin } from './gateway/origin.js';
 
 const seconds = z.coerce.number().positive().max(86_400);
 const bytes = z.coerce.number().int().min(1024).max(2 ** 31);
 const bool = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no']).transform((v) => ['true', '1', 'yes'].includes(v))]);
 const list = z.union([z.array(z.string()), z.string().transform((s) => s.split(',').filter(Boolean))]);
+/** A list from repeated flags, each of which may itself be a comma- or space-separated list. */
+const words = z.union([z.array(z.string()), z.string()]).transform((v) => (Array.isArray(v) ? v : [v]).flatMap((s) => s.split(/[\s,]+/)).filter(Boolean));
+const origins = words.pipe(
+  z.array(z.string().transform((s, ctx) => normalizeOrigin(s) ?? (ctx.addIssue({ code: 'custom', message: `${JSON.stringify(s)} is not an origin like http://host:port, or *` }), z.NEVER))),
+);
+const frameAncestors = words
+  .pipe(z.array(z.string().transform((s, ctx) => normalizeFrameAncestor(s) ?? (ctx.addIssue({ code: 'custom', message: `${JSON.stringify(s)} is not a frame-ancestors source` }), z.NEVER))))
+  .refine((a) => a.length > 0 && (!a.includes("'none'") || a.length === 1), "'none' stands alone, and at least one source is needed");
+/** `gw`, `/gw` and `/gw/` all mean `/gw/`; segments of plain path characters (no `:` or `*`, which routers read as parameters). */
+const baseUrl = z
+  .string()
+  .max(512)
+  .transform((s) => {
+    const inner = s.replace(/^\/+|\/+$/g, '');
+    return inner === '' ? '/' : `/${inner}/`;
+  })
+  .refine((s) => s === '/' || s.slice(1, -1).split('/').every((seg) => /^[A-Za-z0-9._~@-]+$/.test(seg) && !/^\.+$/.test(seg)), {
+    message: 'must be a URL path such as /gw/: segments of A-Z a-z 0-9 . _ ~ @ -, none empty, "." or ".."',
+  });
+const poolSizes = list
+  .default([])
+  .pipe(z.array(z.string().regex(/^[A-Za-z0-9._-]{1,128}=([1-9]|[1-9]\d)$/, 'each pool is NAME=N, N from 1 to 99')))
+  .transform((entries) => Object.fromEntries(entries.map((e) => [e.slice(0, e.lastIndexOf('=')), Number(e.slice(e.lastIndexOf('=') + 1))])) as Record<string, number>);
 
 interface OptionDef<S extends z.ZodType> {
   flag: string;
@@ -32,6 +56,7 @@ const defaultRuntimeDir = (): string => join(process.env['XDG_RUNTIME_DIR'] || t
 export const OPTIONS = {
   ip: opt('ip', 'string', 'address to listen on (default 127.0.0.1)', z.string().min(1).default('127.0.0.1')),
   port: opt('port', 'string', 'port to listen on; 0 picks a free one (default 8888)', z.coerce.number().int().min(0).max(65535).default(8888)),
+  baseUrl: opt('base-url', 'string', 'path prefix every route is served under, for a deployment behind a proxy (default /)', baseUrl.default('/')),
   authToken: opt(
     'auth-token',
     'string',
@@ -57,6 +82,20 @@ export const OPTIONS = {
   iopubDataRateLimit: opt('iopub-data-rate-limit', 'string', "stream bytes per second before output is paused, as jupyter_server's limit (default 0: off; jupyter_server uses 1000000)", z.coerce.number().min(0).default(0)),
   rateLimitWindow: opt('rate-limit-window', 'string', 'seconds over which the iopub rates are averaged (default 3)', seconds.default(3)),
   wsDeflate: opt('ws-deflate', 'string', 'true or false: offer permessage-deflate on the channels WebSocket (default false: it costs CPU on every frame)', bool.default(false)),
+  replayBytes: opt('replay-bytes', 'string', 'bytes of kernel output kept per disconnected client for its reconnect with the same session_id (default 16777216; 0: none)', z.coerce.number().int().min(0).max(2 ** 31).default(16 * 1024 * 1024)),
+  replaySeconds: opt('replay-seconds', 'string', 'seconds output is kept for a disconnected client (default 120)', seconds.default(120)),
+  stateDir: opt('state-dir', 'string', 'directory where each kernel is recorded, so a gateway started after a crash (or a second one) adopts the kernels still running (default: none)', z.string().min(1).optional()),
+  keepKernels: opt('keep-kernels', 'string', 'true or false: on SIGTERM/SIGINT leave the kernels running for the next gateway on the same --state-dir (default false)', bool.default(false)),
+  maxKernels: opt('max-kernels', 'string', 'kernels that may run at once, starting ones included; more are refused with 403 KG_KERNEL_LIMIT (default 0: no limit)', z.coerce.number().int().min(0).default(0)),
+  maxKernelsPerUser: opt('max-kernels-per-user', 'string', 'kernels one user (auth identity, else KERNEL_USERNAME) may run at once (default 0: no limit)', z.coerce.number().int().min(0).default(0)),
+  pool: opt('pool', 'string', 'NAME=N: keep N started kernels of kernelspec NAME ready to hand out (repeatable)', poolSizes, true),
+  cullIdleTimeout: opt('cull-idle-timeout', 'string', 'seconds without a message either way after which a kernel is shut down (default 0: never)', z.coerce.number().min(0).max(31_536_000).default(0)),
+  cullInterval: opt('cull-interval', 'string', 'seconds between checks for idle kernels (default 300)', seconds.default(300)),
+  cullConnected: opt('cull-connected', 'string', 'true or false: cull idle kernels that still have clients (default false)', bool.default(false)),
+  cullBusy: opt('cull-busy', 'string', 'true or false: cull kernels that are busy (default false)', bool.default(false)),
+  allowOrigin: opt('allow-origin', 'string', 'browser origins (http://host:port) whose pages may call kgate, REST (CORS) and WebSocket alike; * for any (repeatable or comma list; default none: only non-browser clients and same-origin pages)', origins.default([]), true),
+  frameAncestors: opt('frame-ancestors', 'string', "pages that may show kgate's responses in a frame: the Content-Security-Policy frame-ancestors sources (repeatable or comma list; default 'none')", frameAncestors.default(["'none'"]), true),
+  demoPort: opt('demo-port', 'string', "also serve the demo page on this port of --ip, as a second origin that kgate allows (0 picks a free one; default off)", z.coerce.number().int().min(0).max(65535).optional()),
   envAllow: opt('env-allow', 'string', 'environment names beyond KERNEL_* that clients may pass to kernels (repeatable)', list.default([]), true),
   logLevel: opt('log-level', 'string', 'fatal, error, warn, info, debug, trace or silent (default info)', z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info')),
 } as const;

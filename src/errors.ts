@@ -62,6 +62,8 @@ export const ErrorCodes = {
   KERNEL_START_TIMEOUT: 'KG_KERNEL_START_TIMEOUT',
   KERNEL_DEAD: 'KG_KERNEL_DEAD',
   KERNEL_BUSY_RESTARTING: 'KG_KERNEL_RESTARTING',
+  KERNEL_LIMIT: 'KG_KERNEL_LIMIT',
+  USER_KERNEL_LIMIT: 'KG_USER_KERNEL_LIMIT',
   INTERNAL: 'KG_INTERNAL',
 } as const;
 
@@ -73,6 +75,8 @@ export const invalidJson = (message: string): KgateError =>
   new KgateError(ErrorCodes.INVALID_JSON, 400, 'Bad Request', message);
 export const unauthorized = (): KgateError =>
   new KgateError(ErrorCodes.UNAUTHORIZED, 401, 'Unauthorized', 'a valid token is required (Authorization: token X, or ?token=X)');
+export const forbiddenOrigin = (origin: string): KgateError =>
+  new KgateError(ErrorCodes.FORBIDDEN, 403, 'Forbidden', `origin ${JSON.stringify(truncate(origin))} is not allowed (see --allow-origin)`);
 export const notFound = (message: string): KgateError =>
   new KgateError(ErrorCodes.NOT_FOUND, 404, 'Not Found', message);
 export const kernelNotFound = (id: string): KgateError =>
@@ -91,6 +95,10 @@ export const kernelDead = (id: string): KgateError =>
   new KgateError(ErrorCodes.KERNEL_DEAD, 409, 'Conflict', `kernel ${id} is dead`);
 export const kernelRestarting = (id: string): KgateError =>
   new KgateError(ErrorCodes.KERNEL_BUSY_RESTARTING, 409, 'Conflict', `kernel ${id} is already restarting or shutting down`);
+export const kernelLimit = (max: number): KgateError =>
+  new KgateError(ErrorCodes.KERNEL_LIMIT, 403, 'Forbidden', `the gateway runs its maximum of ${max} kernels; shut one down first`);
+export const userKernelLimit = (user: string, max: number): KgateError =>
+  new KgateError(ErrorCodes.USER_KERNEL_LIMIT, 403, 'Forbidden', `user ${JSON.stringify(truncate(user))} runs the maximum of ${max} kernels per user; shut one down first`);
 export const internalError = (message: string, cause?: unknown): KgateError =>
   new KgateError(ErrorCodes.INTERNAL, 500, 'Internal Server Error', message, { cause });
 

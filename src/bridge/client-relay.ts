@@ -83,7 +83,12 @@ export class ClientRelay implements LinkClient {
 
   deliver(channel: Channel, m: MessageParts, cache: EncodeCache): void {
     const ws = this.ws;
-    if (ws.readyState !== WebSocket.OPEN) return;
+    if (ws.readyState !== WebSocket.OPEN) {
+      // Closing (the client's close frame came, the 'close' event has not yet):
+      // the message is kept for the session's reconnect, not dropped.
+      this.link.undelivered(this, channel, m);
+      return;
+    }
     if (ws.bufferedAmount > this.options.maxBufferedBytes && this.overBound(channel, m)) return;
     let frame = cache[this.protocol];
     if (frame === undefined) {

@@ -13,6 +13,7 @@ import { Dealer, Subscriber } from 'zeromq';
 import type { ConnectionInfo } from '../provisioner/types.js';
 import { IopubRateLimiter, Verdict, type RateLimits } from './iopub-rate-limit.js';
 import { makeMessage } from './messages.js';
+import { lostOutputNotice, ReplayStore, type ReplayLimits } from './replay.js';
 import { Outbox } from './outbox.js';
 import { Signer, splitWire, toWire, type Channel, type InputChannel, type MessageParts, type WireMessage } from './wire.js';
 import type { PreparedFrame } from './ws-send.js';
@@ -45,6 +46,8 @@ export interface KernelLinkOptions {
   iopubRateLimit?: RateLimits | undefined;
   /** Messages the iopub SUB may hold before the kernel's PUB starts dropping (ZeroMQ RCVHWM). */
   iopubHighWaterMark: number;
+  /** What is kept for a client whose socket closed, for its reconnect. */
+  replay: ReplayLimits;
   log: Logger;
 }
 
@@ -94,6 +97,7 @@ export class KernelLink {
   private iopubSeen = false;
   private onIopubSeen: (() => void) | undefined;
   private readonly rateLimiter: IopubRateLimiter | undefined;
+  private readonly replay: ReplayStore;
 
   constructor(
     private readonly conn: ConnectionInfo,
@@ -108,6 +112,7 @@ export class KernelLink {
     this.stdin = new Dealer({ ...SOCKET_OPTIONS, routingId });
     this.iopub = new Subscriber({ ...SOCKET_OPTIONS, receiveHighWaterMark: options.iopubHighWaterMark });
     this.rateLimiter = options.iopubRateLimit ? new IopubRateLimiter(options.iopubRateLimit) : undefined;
+    this.replay = new ReplayStore(options.replay);
     this.outboxes = {
       shell: new Outbox(this.shell, options.maxQueued),
       control: new Outbox(this.control, options.maxQueued),
@@ -137,15 +142,40 @@ export class KernelLink {
     return this.ready;
   }
 
-  /** Adds a client; one with the same identity (same session_id) is replaced. */
+  /**
+   * Adds a client; one with the same identity (same session_id) is replaced.
+   * A session that reconnects first gets what was kept for it while it was
+   * away, in order, or a notice that it was lost.
+   */
   attach(client: LinkClient): void {
-    const old = this.clients.get(client.identityKey);
-    this.clients.set(client.identityKey, client);
+    const key = client.identityKey;
+    const old = this.clients.get(key);
+    this.clients.set(key, client);
     if (old && old !== client) old.close(1000, 'replaced by a newer connection with the same session_id');
+    const resumed = this.replay.resume(key);
+    if (!resumed) return;
+    if ('replay' in resumed) {
+      for (const [channel, m] of resumed.replay) client.deliver(channel, m, {});
+      return;
+    }
+    const { parts } = makeMessage('stream', { name: 'stderr', text: lostOutputNotice(this.replay.limits) }, this.session);
+    if (resumed.lost.parent) parts.parent = resumed.lost.parent;
+    client.deliver('iopub', parts, {});
   }
 
+  /** A message a closing client could not take: it goes to the session's replay buffer. */
+  undelivered(client: LinkClient, channel: Channel, m: MessageParts): void {
+    this.detach(client);
+    if (this.clients.has(client.identityKey)) return;
+    this.replay.reply(client.identityKey, channel, m);
+  }
+
+  /** Removes a client whose socket closed; what the kernel sends its session is kept for a while. */
   detach(client: LinkClient): void {
-    if (this.clients.get(client.identityKey) === client) this.clients.delete(client.identityKey);
+    const key = client.identityKey;
+    if (this.clients.get(key) !== client) return;
+    this.clients.delete(key);
+    if (!this.closed) this.replay.park(key);
   }
 
   /** Every client, for closing them all. */
@@ -267,6 +297,7 @@ export class KernelLink {
     this.closed = true;
     this.ready = false;
     this.held = [];
+    this.replay.clear();
     for (const o of Object.values(this.outboxes)) o.close();
     this.shell.close();
     this.control.close();
@@ -311,7 +342,7 @@ export class KernelLink {
     }
     const client = this.clients.get(key);
     if (client) client.deliver(channel, m, {});
-    else this.dropped.noClient++;
+    else if (!this.replay.reply(key, channel, m)) this.dropped.noClient++;
   }
 
   private onOwnReply(m: WireMessage): void {
@@ -351,6 +382,7 @@ export class KernelLink {
   }
 
   private fanOut(m: MessageParts): void {
+    this.replay.iopub(m);
     const cache: EncodeCache = {};
     for (const client of this.clients.values()) client.deliver('iopub', m, cache);
   }

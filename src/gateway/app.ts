@@ -9,13 +9,17 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { ErrorCodes, KgateError, invalidJson, notFound, truncate } from '../errors.js';
 import { BUILTIN_KERNELSPECS, jupyterKernelDirs, KernelSpecStore } from '../kernels/kernelspecs.js';
+import { KernelCuller } from '../kernels/culler.js';
 import { KernelManager } from '../kernels/manager.js';
 import { SessionManager } from '../kernels/sessions.js';
+import { KernelStateStore } from '../kernels/state.js';
 import { localProvisionerFactory } from '../provisioner/local.js';
 import { ProvisionerRegistry } from '../provisioner/registry.js';
 import { TokenAuth } from './auth.js';
 import { ChannelsEndpoint } from './channels.js';
+import { frameAncestorsPolicy, OriginPolicy } from './origin.js';
 import type { GatewayContext } from './context.js';
+import { specRoutes } from './openapi.js';
 import { kernelRoutes } from './routes/kernels.js';
 import { kernelspecRoutes } from './routes/kernelspecs.js';
 import { sessionRoutes } from './routes/sessions.js';
@@ -54,6 +58,8 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
   );
   await specs.refresh(true);
   const provisioners = new ProvisionerRegistry([localProvisionerFactory({ runtimeDir: config.runtimeDir, ip: '127.0.0.1', scrubEnv })], 'local');
+  const state = config.stateDir ? new KernelStateStore(config.stateDir) : undefined;
+  await state?.init();
   const kernels = new KernelManager({
     specs,
     provisionerFor: (spec) => provisioners.create(spec),
@@ -65,6 +71,7 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
       verifySignatures: config.verifySignatures,
       maxQueued: config.maxQueued,
       iopubHighWaterMark: config.iopubHwm,
+      replay: { maxBytes: config.replayBytes, maxMs: config.replaySeconds * 1000, maxSessions: 64 },
       iopubRateLimit:
         config.iopubMsgRateLimit > 0 || config.iopubDataRateLimit > 0
           ? { msgsPerSec: config.iopubMsgRateLimit, bytesPerSec: config.iopubDataRateLimit, windowSec: config.rateLimitWindow }
@@ -72,11 +79,25 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
     },
     envPolicy: { allow: new Set(config.envAllow) },
     rootDir: config.rootDir,
+    maxKernels: config.maxKernels,
+    maxKernelsPerUser: config.maxKernelsPerUser,
+    state,
     log,
   });
+  await kernels.adopt();
+  kernels.pools.configure(config.pool);
+  const culler =
+    config.cullIdleTimeout > 0
+      ? new KernelCuller(
+          kernels,
+          { idleTimeoutMs: config.cullIdleTimeout * 1000, intervalMs: config.cullInterval * 1000, cullConnected: config.cullConnected, cullBusy: config.cullBusy },
+          log,
+        )
+      : undefined;
   const sessions = new SessionManager(kernels);
-  const ctx: GatewayContext = { kernels, sessions, specs, auth, baseUrl: '/', startedAt: new Date(), log };
+  const ctx: GatewayContext = { kernels, sessions, specs, auth, baseUrl: config.baseUrl, startedAt: new Date(), log };
 
+  const csp = frameAncestorsPolicy(config.frameAncestors);
   const app = Fastify({
     loggerInstance: log as FastifyBaseLogger,
     // No log line per request: cheap, and a ?token= in a URL never reaches the log.
@@ -87,7 +108,11 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
     // fastify's own message; answer them in kgate's JSON without echoing the input.
     frameworkErrors: (err, _req, reply: FastifyReply) => {
       const status = err.statusCode ?? 400;
-      void reply.code(status).send({ reason: STATUS_CODES[status] ?? 'Bad Request', message: `the request path is malformed or too long (${err.code})`, code: ErrorCodes.BAD_REQUEST });
+      // No hook runs for these, so the frame-ancestors header is set here too.
+      void reply
+        .code(status)
+        .header('Content-Security-Policy', csp)
+        .send({ reason: STATUS_CODES[status] ?? 'Bad Request', message: `the request path is malformed or too long (${err.code})`, code: ErrorCodes.BAD_REQUEST });
     },
   });
   app.decorateRequest('identity', null);
@@ -95,7 +120,11 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
   // Jupyter clients do not all send a JSON content type; every body is read as JSON.
   app.addContentTypeParser('*', { parseAs: 'string' }, parseJson);
 
-  app.addHook('onRequest', async (req) => {
+  const origins = new OriginPolicy(config.allowOrigin, config.demoPort ? [config.demoPort] : []);
+  app.addHook('onRequest', async (req, reply) => {
+    reply.header('Content-Security-Policy', csp);
+    // CORS first: a preflight carries no token, and is answered here.
+    if (origins.applyCors(req, reply)) return reply;
     const identity = auth.authenticate(req.headers, req.url);
     if (!identity) throw new KgateError(ErrorCodes.UNAUTHORIZED, 401, 'Unauthorized', 'a valid token is required (Authorization: token X, or ?token=X)');
     req.identity = identity;
@@ -120,12 +149,20 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
     return reply.code(404).send(e.toBody());
   });
 
-  statusRoutes(app, ctx);
-  kernelspecRoutes(app, ctx);
-  kernelRoutes(app, ctx);
-  sessionRoutes(app, ctx);
+  // Every route under --base-url (the channels WebSocket matches it in channels.ts);
+  // requests outside it get the JSON 404 above.
+  void app.register(
+    async (api) => {
+      specRoutes(api, ctx);
+      statusRoutes(api, ctx);
+      kernelspecRoutes(api, ctx);
+      kernelRoutes(api, ctx);
+      sessionRoutes(api, ctx);
+    },
+    { prefix: ctx.baseUrl.slice(0, -1) },
+  );
 
-  const channels = new ChannelsEndpoint(ctx, { maxMessageSize: config.maxMessageSize, maxClientBuffer: config.maxClientBuffer, pingIntervalMs: 30_000, deflate: config.wsDeflate });
+  const channels = new ChannelsEndpoint(ctx, { maxMessageSize: config.maxMessageSize, maxClientBuffer: config.maxClientBuffer, pingIntervalMs: 30_000, deflate: config.wsDeflate, origins, csp });
   channels.attach(app.server);
   await app.ready();
 
@@ -143,7 +180,9 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
     close() {
       closing ??= (async () => {
         channels.close();
-        await kernels.shutdownAll();
+        culler?.stop();
+        if (config.keepKernels && state) await kernels.releaseAll();
+        else await kernels.shutdownAll();
         await app.close();
       })();
       return closing;

@@ -9,8 +9,9 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ClientRelay } from '../bridge/client-relay.js';
 import { V1_PROTOCOL } from '../bridge/ws-v1.js';
-import { KgateError, WsClose, badRequest, kernelNotFound, notFound, unauthorized } from '../errors.js';
+import { KgateError, WsClose, badRequest, forbiddenOrigin, kernelNotFound, notFound, unauthorized } from '../errors.js';
 import type { GatewayContext } from './context.js';
+import type { OriginPolicy } from './origin.js';
 import { sessionIdQuery } from './schemas.js';
 
 export interface ChannelsOptions {
@@ -19,12 +20,16 @@ export interface ChannelsOptions {
   pingIntervalMs: number;
   /** Offer permessage-deflate; off by default, because it costs CPU on every frame of the hot path. */
   deflate: boolean;
+  /** Browser origins allowed to open a socket (the REST CORS list); none given: only clients that send no Origin. */
+  origins?: OriginPolicy;
+  /** The Content-Security-Policy header value for refusals, as on every REST response. */
+  csp?: string;
 }
 
-function refuse(socket: Duplex, e: KgateError): void {
+function refuse(socket: Duplex, e: KgateError, csp: string | undefined): void {
   const body = JSON.stringify(e.toBody());
   socket.end(
-    `HTTP/1.1 ${e.status} ${e.reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    `HTTP/1.1 ${e.status} ${e.reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${csp ? `Content-Security-Policy: ${csp}\r\n` : ''}Connection: close\r\n\r\n${body}`,
   );
 }
 
@@ -92,6 +97,8 @@ export class ChannelsEndpoint {
       const path = q >= 0 ? url.slice(0, q) : url;
       const m = this.pattern.exec(path);
       if (!m) throw notFound(`no WebSocket endpoint at ${path.slice(0, 64)}`);
+      // A browser page always sends Origin; one not allowed is refused before anything else.
+      if (req.headers.origin !== undefined && this.options.origins?.check(req.headers) !== 'allowed') throw forbiddenOrigin(req.headers.origin);
       if (!this.ctx.auth.authenticate(req.headers, url)) throw unauthorized();
       const kernelId = decodeURIComponent(m[1]!);
       const kernels = this.ctx.kernels;
@@ -114,7 +121,7 @@ export class ChannelsEndpoint {
         new ClientRelay(ws, link, protocol, sessionId, { maxBufferedBytes: this.options.maxClientBuffer, log: this.ctx.log });
       });
     } catch (e) {
-      refuse(socket, e instanceof KgateError ? e : notFound('bad request'));
+      refuse(socket, e instanceof KgateError ? e : notFound('bad request'), this.options.csp);
     }
   }
 }

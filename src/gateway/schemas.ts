@@ -1,9 +1,16 @@
 /**
  * One schema per request body, validated at the boundary. Unknown members are
  * kept out of the way (not rejected): clients send more than we read.
+ * Below them, the response models: with the request schemas they are the one
+ * source of the OpenAPI description (`openapi.ts`), and tsc checks that the
+ * models the code builds fit them.
  */
 import { z } from 'zod';
-import { KERNEL_NAME } from '../kernels/kernelspecs.js';
+import type { ExecutionState } from '../bridge/kernel-link.js';
+import { ErrorCodes, type ErrorCode } from '../errors.js';
+import { KERNEL_NAME, type KernelSpecModel } from '../kernels/kernelspecs.js';
+import type { KernelModel } from '../kernels/manager.js';
+import type { SessionModel } from '../kernels/sessions.js';
 
 const kernelName = z.string().regex(KERNEL_NAME, 'a kernel name is 1 to 128 characters of A-Z, a-z, 0-9, ".", "_" and "-"');
 
@@ -25,7 +32,7 @@ export const createSessionBody = z.looseObject({
   kernel: kernelRef.nullish(),
   /** Notebook 5 clients send `notebook.path` instead of `path`. */
   notebook: z.looseObject({ path: z.string().max(4096).optional() }).optional(),
-});
+}).describe('path (or notebook.path) is required; kernel names a kernelspec to start, or the id of a running kernel');
 
 export const patchSessionBody = z.looseObject({
   path: z.string().max(4096).optional(),
@@ -35,3 +42,82 @@ export const patchSessionBody = z.looseObject({
 });
 
 export const sessionIdQuery = z.string().min(1).max(256).regex(/^[\x21-\x7e]+$/, 'session_id must be printable ASCII without spaces');
+
+// ---- Response models ----
+
+const jupyterDate = z
+  .string()
+  .regex(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/)
+  .describe("UTC time as %Y-%m-%dT%H:%M:%S.%fZ (microseconds), as jupyter_server's gateway client parses it");
+const count = z.number().int().min(0);
+
+export const executionState = z.enum(['starting', 'idle', 'busy', 'restarting', 'dead', 'unknown']);
+
+export const kernelModel = z
+  .object({
+    id: z.string().describe('the kernel id (a UUID)'),
+    name: z.string().describe('its kernelspec'),
+    last_activity: jupyterDate,
+    execution_state: executionState,
+    connections: count.describe('open channels WebSockets'),
+  })
+  .describe('A kernel, as jupyter_server models it');
+
+export const sessionModel = z
+  .object({
+    id: z.string(),
+    path: z.string(),
+    name: z.string(),
+    type: z.string(),
+    kernel: kernelModel,
+    notebook: z.object({ path: z.string(), name: z.string() }).describe('the same path and name, for notebook 5 era clients'),
+  })
+  .describe('A path (a notebook, a console) bound to a kernel');
+
+export const kernelspecModel = z
+  .object({
+    name: z.string(),
+    spec: z.object({
+      argv: z.array(z.string()),
+      display_name: z.string(),
+      language: z.string(),
+      interrupt_mode: z.enum(['signal', 'message']),
+      metadata: z.record(z.string(), z.unknown()),
+    }),
+    resources: z.record(z.string(), z.string()).describe('logo and kernel.js/css URLs under the base URL'),
+  })
+  .describe('A kernelspec; its env is never served');
+
+export const kernelspecList = z.object({ default: z.string(), kernelspecs: z.record(z.string(), kernelspecModel) });
+
+export const apiInfo = z.object({ version: z.string(), gateway: z.literal('kgate') });
+
+export const statusModel = z.object({
+  started: jupyterDate,
+  last_activity: jupyterDate,
+  kernels: count,
+  connections: count,
+  pools: z.record(z.string(), z.object({ target: count, ready: count, starting: count })).describe('warm pools (--pool), per kernelspec'),
+});
+
+export const errorCode = z.enum(Object.values(ErrorCodes) as [ErrorCode, ...ErrorCode[]]);
+
+export const errorBody = z
+  .object({
+    reason: z.string().describe('the HTTP reason phrase'),
+    message: z.string(),
+    code: errorCode.describe('stable; see the README'),
+  })
+  .describe('Every REST error, in the shape Jupyter clients parse');
+
+/** Compiles only when A is assignable to B. */
+type Fits<A extends B, B> = A;
+/** The models the code builds fit the schemas above (tsc fails when one drifts). */
+export type ModelsFitSchemas = [
+  Fits<KernelModel, z.output<typeof kernelModel>>,
+  Fits<SessionModel, z.output<typeof sessionModel>>,
+  Fits<KernelSpecModel, z.output<typeof kernelspecModel>>,
+  Fits<ExecutionState, z.output<typeof executionState>>,
+  Fits<z.output<typeof executionState>, ExecutionState>,
+  Fits<z.output<typeof errorCode>, ErrorCode>,
+];

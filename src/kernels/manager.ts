@@ -16,10 +16,14 @@ import {
   kernelspecNotFound,
   kernelStartFailed,
   kernelStartTimeout,
+  kernelLimit,
+  userKernelLimit,
 } from '../errors.js';
 import type { ConnectionInfo, KernelSpec, Provisioner } from '../provisioner/types.js';
 import { sanitizeEnv, type EnvPolicy } from './env.js';
 import type { KernelSpecStore } from './kernelspecs.js';
+import { WarmPools } from './pool.js';
+import type { KernelStateStore } from './state.js';
 
 export interface KernelModel {
   id: string;
@@ -44,6 +48,12 @@ export interface KernelManagerOptions {
   link: Omit<KernelLinkOptions, 'log'>;
   envPolicy: EnvPolicy;
   rootDir: string;
+  /** Kernels that may run at once (0: no limit); starting ones count. */
+  maxKernels: number;
+  /** Kernels one user may run at once (0: no limit). */
+  maxKernelsPerUser: number;
+  /** Where each kernel is recorded for adoption by a later gateway; none: not recorded. */
+  state?: KernelStateStore | undefined;
   log: Logger;
 }
 
@@ -70,6 +80,8 @@ export class ManagedKernel {
   conn: ConnectionInfo | undefined;
   /** The operation in progress (restart, shutdown), so concurrent callers share it. */
   pending: Promise<void> | undefined;
+  /** Waiting in a warm pool: counted against no one, listed nowhere. */
+  pooled = false;
   private readonly createdActivity = Date.now();
 
   constructor(
@@ -77,7 +89,7 @@ export class ManagedKernel {
     readonly spec: KernelSpec,
     readonly provisioner: Provisioner,
     readonly env: Record<string, string>,
-    readonly owner: string | undefined,
+    public owner: string | undefined,
     readonly cwd: string,
   ) {}
 
@@ -106,8 +118,14 @@ export class ManagedKernel {
 export class KernelManager {
   private readonly kernels = new Map<string, ManagedKernel>();
   private readonly removedListeners: Array<(id: string) => void> = [];
+  /** Starts in flight that have not entered `kernels` yet, in all and per user. */
+  private reserved = 0;
+  private readonly reservedBy = new Map<string, number>();
+  readonly pools: WarmPools;
 
-  constructor(private readonly o: KernelManagerOptions) {}
+  constructor(private readonly o: KernelManagerOptions) {
+    this.pools = new WarmPools(this, o.log);
+  }
 
   onRemoved(listener: (id: string) => void): void {
     this.removedListeners.push(listener);
@@ -128,24 +146,167 @@ export class KernelManager {
   }
 
   async start(req: StartRequest): Promise<ManagedKernel> {
+    const rawUser = req.env?.['KERNEL_USERNAME'];
+    const owner = req.user ?? (typeof rawUser === 'string' && rawUser !== '' ? rawUser : undefined);
+    // The limits are checked and a slot taken before the first await, so concurrent
+    // requests cannot all pass the check: past the limit they fail at once.
+    const release = this.reserve(owner);
+    try {
+      await this.o.specs.refresh();
+      const name = req.name ?? this.o.specs.defaultName;
+      const spec = this.o.specs.get(name);
+      if (!spec) throw kernelspecNotFound(name);
+      const env = sanitizeEnv(req.env, this.o.envPolicy);
+      const pooled = this.pools.take(name, env);
+      if (pooled) {
+        pooled.owner = owner;
+        this.kernels.set(pooled.id, pooled);
+        await this.persist(pooled);
+        this.o.log.info({ kernel: pooled.id, name, owner }, 'kernel handed out from the warm pool');
+        return pooled;
+      }
+      if (req.path && !env['JPY_SESSION_NAME']) env['JPY_SESSION_NAME'] = req.path;
+      const k = new ManagedKernel(randomUUID(), spec, this.o.provisionerFor(spec), env, owner, await this.workingDir(env));
+      this.kernels.set(k.id, k);
+      release();
+      try {
+        await this.launch(k, this.launchTimeout(env), undefined);
+      } catch (e) {
+        this.remove(k);
+        throw e;
+      }
+      k.phase = 'running';
+      await this.persist(k);
+      this.o.log.info({ kernel: k.id, name, owner, ms: Date.now() - k.startedAt }, 'kernel started');
+      return k;
+    } finally {
+      release();
+    }
+  }
+
+  /** Starts a kernel for a warm pool: no owner, no env, the root dir. */
+  async startPooled(name: string): Promise<ManagedKernel> {
     await this.o.specs.refresh();
-    const name = req.name ?? this.o.specs.defaultName;
     const spec = this.o.specs.get(name);
     if (!spec) throw kernelspecNotFound(name);
-    const env = sanitizeEnv(req.env, this.o.envPolicy);
-    if (req.path && !env['JPY_SESSION_NAME']) env['JPY_SESSION_NAME'] = req.path;
-    const owner = req.user ?? env['KERNEL_USERNAME'];
-    const k = new ManagedKernel(randomUUID(), spec, this.o.provisionerFor(spec), env, owner, await this.workingDir(env));
-    this.kernels.set(k.id, k);
-    try {
-      await this.launch(k, this.launchTimeout(env), undefined);
-    } catch (e) {
-      this.remove(k);
-      throw e;
-    }
+    const k = new ManagedKernel(randomUUID(), spec, this.o.provisionerFor(spec), {}, undefined, this.o.rootDir);
+    k.pooled = true;
+    await this.launch(k, this.o.launchTimeoutMs, undefined);
     k.phase = 'running';
-    this.o.log.info({ kernel: k.id, name, owner, ms: Date.now() - k.startedAt }, 'kernel started');
+    await this.persist(k);
     return k;
+  }
+
+  /** Stops a kernel that is not in the registry (a pooled one). */
+  async stopUnlisted(k: ManagedKernel): Promise<void> {
+    k.phase = 'shutting_down';
+    await this.stopProcess(k, false);
+    k.heartbeat?.stop();
+    k.link?.close();
+    await this.o.state?.remove(k.id).catch(() => undefined);
+  }
+
+  /** Records the kernel so another gateway process can adopt it. */
+  private async persist(k: ManagedKernel): Promise<void> {
+    if (!this.o.state || !k.conn) return;
+    try {
+      await this.o.state.save({ id: k.id, spec: k.spec, env: k.env, owner: k.owner ?? null, cwd: k.cwd, conn: k.conn, provisioner: k.provisioner.getInfo(), pooled: k.pooled });
+    } catch (e) {
+      this.o.log.error({ err: e, kernel: k.id }, 'could not record the kernel in the state dir');
+    }
+  }
+
+  /**
+   * Adopts the kernels recorded in the state dir by a gateway that is gone:
+   * each one still alive is taken over (same id, same process, same
+   * connection) once it answers; the dead ones are cleaned up. Kernels that
+   * were waiting in a pool are stopped (the pool starts fresh ones).
+   */
+  async adopt(timeoutMs = 10_000): Promise<{ adopted: string[]; cleaned: string[] }> {
+    const adopted: string[] = [];
+    const cleaned: string[] = [];
+    if (!this.o.state) return { adopted, cleaned };
+    const records = await this.o.state.loadAll();
+    await Promise.all(
+      records.map(async (r) => {
+        if (this.kernels.has(r.id)) return;
+        let p: Provisioner;
+        try {
+          p = this.o.provisionerFor(r.spec);
+          await p.loadInfo(r.provisioner);
+        } catch (e) {
+          this.o.log.warn({ err: e, kernel: r.id }, 'cannot adopt a recorded kernel: its provisioner is not available');
+          return;
+        }
+        const k = new ManagedKernel(r.id, r.spec, p, r.env, r.owner ?? undefined, r.cwd);
+        k.conn = r.conn;
+        const alive = (await p.poll()) === undefined;
+        if (alive && !r.pooled) {
+          k.link = new KernelLink(r.conn, { ...this.o.link, log: this.o.log.child({ kernel: k.id }) });
+          k.link.open();
+          try {
+            await k.link.nudge(timeoutMs);
+            const generation = ++k.generation;
+            this.watch(k, generation, r.conn);
+            k.phase = 'running';
+            this.kernels.set(k.id, k);
+            await this.persist(k);
+            adopted.push(k.id);
+            return;
+          } catch {
+            k.link.close();
+          }
+        }
+        if ((await p.poll()) === undefined) {
+          await p.terminate(false);
+          if (!(await p.wait(TERMINATE_WAIT_MS))) await p.kill(false);
+        }
+        await p.cleanup(false).catch(() => undefined);
+        await this.o.state!.remove(r.id);
+        cleaned.push(r.id);
+      }),
+    );
+    if (records.length > 0) this.o.log.info({ adopted: adopted.length, cleaned: cleaned.length }, 'adopted the kernels of an earlier gateway');
+    return { adopted, cleaned };
+  }
+
+  /**
+   * Lets go of every kernel without stopping it (`--keep-kernels`): their
+   * records stay in the state dir for the next gateway to adopt.
+   */
+  async releaseAll(): Promise<void> {
+    for (const k of this.kernels.values()) {
+      k.generation++;
+      k.heartbeat?.stop();
+      for (const c of k.link?.allClients() ?? []) c.close(WsClose.GoingAway, 'kgate is restarting; the kernel keeps running');
+      k.link?.close();
+    }
+    this.kernels.clear();
+    await this.pools.close();
+  }
+
+  /** Takes a slot under the limits, or throws; the returned function gives it back (once). */
+  private reserve(owner: string | undefined): () => void {
+    const { maxKernels, maxKernelsPerUser } = this.o;
+    if (maxKernels > 0 && this.kernels.size + this.reserved >= maxKernels) throw kernelLimit(maxKernels);
+    if (maxKernelsPerUser > 0 && owner !== undefined) {
+      let n = this.reservedBy.get(owner) ?? 0;
+      for (const k of this.kernels.values()) if (k.owner === owner) n++;
+      if (n >= maxKernelsPerUser) throw userKernelLimit(owner, maxKernelsPerUser);
+    }
+    this.reserved++;
+    if (owner !== undefined) this.reservedBy.set(owner, (this.reservedBy.get(owner) ?? 0) + 1);
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      this.reserved--;
+      if (owner !== undefined) {
+        const n = this.reservedBy.get(owner)! - 1;
+        if (n > 0) this.reservedBy.set(owner, n);
+        else this.reservedBy.delete(owner);
+      }
+    };
   }
 
   async interrupt(id: string): Promise<void> {
@@ -173,7 +334,7 @@ export class KernelManager {
     return k;
   }
 
-  async shutdown(id: string): Promise<void> {
+  async shutdown(id: string, why = 'kernel shut down'): Promise<void> {
     const k = this.get(id);
     if (k.phase === 'shutting_down' && k.pending) return k.pending;
     const previous = k.pending;
@@ -181,26 +342,30 @@ export class KernelManager {
     const op = (async () => {
       await previous?.catch(() => undefined);
       await this.stopProcess(k, false);
-      for (const c of k.link?.allClients() ?? []) c.close(WsClose.Normal, 'kernel shut down');
+      for (const c of k.link?.allClients() ?? []) c.close(WsClose.Normal, why);
       this.remove(k);
-      this.o.log.info({ kernel: k.id }, 'kernel shut down');
+      // Awaited here (remove() cannot): the gateway may be about to exit.
+      await this.o.state?.remove(k.id).catch(() => undefined);
+      this.o.log.info({ kernel: k.id, why }, 'kernel shut down');
     })();
     k.pending = op;
     return op;
   }
 
   async shutdownAll(): Promise<void> {
-    await Promise.allSettled(this.list().map((k) => this.shutdown(k.id)));
+    await Promise.allSettled([...this.list().map((k) => this.shutdown(k.id)), this.pools.close()]);
   }
 
   /** Synchronous last resort when the process is exiting: kill every kernel still running. */
   killAllNow(): void {
     for (const k of this.kernels.values()) k.provisioner.killNow?.();
+    this.pools.killAllNow();
   }
 
   private remove(k: ManagedKernel): void {
     k.heartbeat?.stop();
     k.link?.close();
+    void this.o.state?.remove(k.id).catch(() => undefined);
     if (this.kernels.get(k.id) === k) {
       this.kernels.delete(k.id);
       for (const l of this.removedListeners) l(k.id);
@@ -256,7 +421,14 @@ export class KernelManager {
     } finally {
       died.abort();
     }
-    k.heartbeat ??= new Heartbeat(channelUrl(conn, conn.hb_port), this.o.heartbeat, () => void this.onDeath(k, generation, 'heartbeat lost'));
+    this.watch(k, generation, conn);
+  }
+
+  /** Watches a running kernel: heartbeat, and the process's exit. */
+  private watch(k: ManagedKernel, generation: number, conn: ConnectionInfo): void {
+    // The callback reads the generation of the moment it fires: a heartbeat kept
+    // across restarts must report the death of the current process.
+    k.heartbeat ??= new Heartbeat(channelUrl(conn, conn.hb_port), this.o.heartbeat, () => void this.onDeath(k, k.generation, 'heartbeat lost'));
     k.heartbeat.start();
     void k.provisioner.exited().then((code) => this.onDeath(k, generation, `process exited with code ${code}`));
   }
@@ -299,6 +471,7 @@ export class KernelManager {
       throw e;
     }
     if (k.phase === 'restarting') k.phase = 'running';
+    await this.persist(k);
   }
 
   private async onDeath(k: ManagedKernel, generation: number, why: string): Promise<void> {
@@ -331,6 +504,7 @@ export class KernelManager {
     for (const c of k.link?.allClients() ?? []) c.close(WsClose.InternalError, 'kernel died');
     void k.provisioner.cleanup(false).catch(() => undefined);
     this.remove(k);
+    if (k.pooled) this.pools.lost(k);
   }
 }
 

@@ -3,6 +3,7 @@
  * with a connection file (mode 0600) in kgate's runtime directory.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -42,6 +43,15 @@ async function freePort(ip: string): Promise<number> {
 /** Replaces `{connection_file}` and `{resource_dir}` in argv, as jupyter_client does. */
 export function formatArgv(argv: string[], vars: Record<string, string>): string[] {
   return argv.map((a) => a.replace(/\{(connection_file|resource_dir)\}/g, (_, k: string) => vars[k] ?? ''));
+}
+
+function commandLineHas(pid: number, needle: string): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(needle);
+  } catch (e) {
+    // No /proc (not Linux): fall back to the pid alone.
+    return (e as NodeJS.ErrnoException).code !== 'ENOENT' || !existsSync('/proc/self');
+  }
 }
 
 function isAlive(pid: number): boolean {
@@ -190,8 +200,15 @@ export class LocalProvisioner implements Provisioner {
   async loadInfo(info: ProvisionerInfo): Promise<void> {
     this.pid = typeof info['pid'] === 'number' ? info['pid'] : undefined;
     this.connectionFile = typeof info['connectionFile'] === 'string' ? info['connectionFile'] : undefined;
+    // A recorded pid may since have been reused by an unrelated process: it is the
+    // kernel only if its command line names the kernel's connection file.
+    if (this.pid !== undefined && this.connectionFile && !commandLineHas(this.pid, this.connectionFile)) this.pid = undefined;
     const pid = this.pid;
-    if (pid === undefined) return;
+    if (pid === undefined) {
+      this.exitCode = -1;
+      this.exitPromise = Promise.resolve(-1);
+      return;
+    }
     // An adopted kernel is not our child: its end is seen by polling.
     this.exitPromise = new Promise<number>((resolve) => {
       const t = setInterval(() => {

@@ -24,7 +24,8 @@ export async function startGateway(extraArgs: string[] = []): Promise<TestGatewa
   const config = loadConfig(['--port', '0', '--auth-token', TOKEN, ...extraArgs], {});
   const gw = await createGateway(config, createLogger(process.env['KGATE_TEST_LOG'] ? 'debug' : 'silent'));
   const { port } = await gw.listen();
-  const url = `http://127.0.0.1:${port}/`;
+  // Under the gateway's --base-url, so `api('api/kernels')` and `wsUrl` follow it.
+  const url = `http://127.0.0.1:${port}${gw.ctx.baseUrl}`;
   const api = (path: string, init: RequestInit & { json?: unknown } = {}): Promise<Response> => {
     const headers = new Headers(init.headers);
     if (!headers.has('Authorization')) headers.set('Authorization', `token ${TOKEN}`);
@@ -38,7 +39,7 @@ export async function startGateway(extraArgs: string[] = []): Promise<TestGatewa
   return {
     gw,
     url,
-    wsUrl: `ws://127.0.0.1:${port}/`,
+    wsUrl: `ws://127.0.0.1:${port}${gw.ctx.baseUrl}`,
     token: TOKEN,
     api,
     async startKernel(name = 'python3', env = {}) {
@@ -167,12 +168,15 @@ export class KernelClient {
     const protocol = opts.protocol ?? 'json';
     const session = opts.session ?? randomUUID();
     const ws = new WebSocket(`${t.wsUrl}api/kernels/${kernelId}/channels?session_id=${session}&token=${t.token}`, protocol === 'v1' ? ['v1.kernel.websocket.jupyter.org'] : []);
+    // Listen before 'open': frames sent right after the upgrade (a replay) can be
+    // emitted before a continuation of the 'open' promise would run.
+    const client = new KernelClient(ws, protocol, session);
     await new Promise<void>((resolve, reject) => {
       ws.once('open', resolve);
       ws.once('error', reject);
       ws.once('unexpected-response', (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
     });
-    return new KernelClient(ws, protocol, session);
+    return client;
   }
 
   send(msg: Msg): string {

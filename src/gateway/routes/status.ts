@@ -19,6 +19,7 @@ export function statusRoutes(app: FastifyInstance, ctx: GatewayContext): void {
       last_activity: jupyterDate(last),
       kernels: kernels.length,
       connections,
+      pools: ctx.kernels.pools.stats(),
     };
   });
 }

@@ -1,0 +1,248 @@
+/**
+ * The programs measured: kernels started by the benchmark itself (the direct
+ * ZeroMQ target), kgate as a child process (`node dist/cli.js`), and Debian's
+ * jupyter server. Each is a child whose RSS can be read from /proc, and each
+ * is stopped (and its kernels with it) when the run ends, whatever happens.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { formatArgv } from '../../src/provisioner/local.js';
+import type { ConnectionInfo } from '../../src/provisioner/types.js';
+import { exited, freePort, killMatching, sleep, spawnTracked, stopChild, within } from './procs.js';
+
+export const REPO = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+export const KGATE_CLI = join(REPO, 'dist/cli.js');
+export const BENCH_KERNEL_JS = join(REPO, 'dist/bench-kernel/main.js');
+export const PYTHON = '/usr/bin/python3';
+/** Kernels started for the benchmark leave with it (see src/bench-kernel/main.ts). */
+const KERNEL_ENV = { BENCH_KERNEL_EXIT_WITH_PARENT: '1' };
+
+export type KernelName = 'kgate-bench' | 'python3';
+
+/** The kernelspecs used everywhere: kgate's shipped bench kernel, and Debian's ipykernel. */
+const SPEC_FILES: Record<KernelName, string> = {
+  'kgate-bench': join(REPO, 'kernelspecs/kgate-bench/kernel.json'),
+  python3: '/usr/share/jupyter/kernels/python3/kernel.json',
+};
+
+interface SpecFile {
+  argv: string[];
+  display_name: string;
+  language: string;
+  interrupt_mode?: string;
+  metadata?: object;
+}
+
+function readSpec(name: KernelName): SpecFile {
+  return JSON.parse(readFileSync(SPEC_FILES[name], 'utf8')) as SpecFile;
+}
+
+/** The spec's argv with `{resource_dir}` filled in (absolute paths), `{connection_file}` left. */
+export function specArgv(name: KernelName): string[] {
+  return formatArgv(readSpec(name).argv, { resource_dir: resolve(SPEC_FILES[name], '..'), connection_file: '{connection_file}' });
+}
+
+export interface DirectKernel {
+  conn: ConnectionInfo;
+  child: ChildProcess;
+  stop(): Promise<void>;
+}
+
+/** Starts a kernel as jupyter_client would: a connection file with free ports, then the spec's argv. */
+export async function launchDirect(name: KernelName, dir: string): Promise<DirectKernel> {
+  const conn: ConnectionInfo = {
+    transport: 'tcp',
+    ip: '127.0.0.1',
+    shell_port: await freePort(),
+    iopub_port: await freePort(),
+    stdin_port: await freePort(),
+    control_port: await freePort(),
+    hb_port: await freePort(),
+    key: randomBytes(32).toString('hex'),
+    signature_scheme: 'hmac-sha256',
+    kernel_name: name,
+  };
+  const file = join(dir, `direct-${randomBytes(6).toString('hex')}.json`);
+  writeFileSync(file, JSON.stringify(conn), { mode: 0o600 });
+  const argv = formatArgv(specArgv(name), { connection_file: file, resource_dir: '' });
+  const child = spawnTracked(argv[0]!, argv.slice(1), { stdio: 'ignore', env: { ...process.env, ...KERNEL_ENV } });
+  return { conn, child, stop: () => stopChild(child, 3000) };
+}
+
+export type ServerKind = 'kgate' | 'jupyter' | 'jupyter-nolimit';
+
+export interface Gateway {
+  kind: ServerKind;
+  /** `http://127.0.0.1:PORT/` */
+  base: string;
+  token: string;
+  pid: number;
+  /** Where its stderr goes. */
+  logFile: string;
+  stop(): Promise<void>;
+}
+
+function checkBuilt(): void {
+  for (const f of [KGATE_CLI, BENCH_KERNEL_JS]) {
+    if (!existsSync(f)) throw new Error(`${f} is missing: run \`npm run build\` first`);
+  }
+}
+
+export interface KgateOptions {
+  /** Extra `node` options (e.g. `--cpu-prof`), from BENCH_KGATE_NODE_ARGS. */
+  nodeArgs?: string[];
+  /** Extra kgate options, e.g. `--max-client-buffer`. */
+  args?: string[];
+}
+
+/** `node dist/cli.js --port 0 --auth-token X`; resolves once it prints where it listens. */
+export async function startKgate(root: string, opts: KgateOptions = {}): Promise<Gateway> {
+  checkBuilt();
+  const dir = join(root, `kgate-${randomBytes(4).toString('hex')}`);
+  mkdirSync(dir, { recursive: true });
+  const token = randomBytes(16).toString('hex');
+  const logFile = join(dir, 'kgate.log');
+  const args = [
+    ...(opts.nodeArgs ?? []),
+    KGATE_CLI,
+    '--ip',
+    '127.0.0.1',
+    '--port',
+    '0',
+    '--auth-token',
+    token,
+    '--runtime-dir',
+    join(dir, 'runtime'),
+    '--log-level',
+    'warn',
+    ...(opts.args ?? []),
+  ];
+  const child = spawnTracked(process.execPath, args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...KERNEL_ENV } }, dir);
+  child.stderr!.pipe(createWriteStream(logFile));
+  const lines = createInterface({ input: child.stdout! });
+  const base = await within(
+    new Promise<string>((res, rej) => {
+      lines.on('line', (l) => {
+        const m = /^kgate listening on (http:\/\/\S+\/)/.exec(l);
+        if (m) res(m[1]!);
+      });
+      child.once('exit', (code) => rej(new Error(`kgate exited (${code}) before listening; see ${logFile}`)));
+    }),
+    30_000,
+    'kgate to print its address',
+  );
+  return {
+    kind: 'kgate',
+    base,
+    token,
+    pid: child.pid!,
+    logFile,
+    async stop() {
+      await stopChild(child, 15_000);
+      killMatching(dir);
+    },
+  };
+}
+
+/**
+ * Debian's jupyter server, with a private JUPYTER_PATH holding the bench
+ * kernelspec (absolute paths) and private config, data and runtime dirs.
+ * `rateLimit: false` turns its iopub rate limit off entirely.
+ */
+export async function startJupyter(root: string, rateLimit: boolean): Promise<Gateway> {
+  checkBuilt();
+  const dir = join(root, `jupyter-${randomBytes(4).toString('hex')}`);
+  const share = join(dir, 'share');
+  const specDir = join(share, 'kernels', 'kgate-bench');
+  mkdirSync(specDir, { recursive: true });
+  for (const d of ['config', 'data', 'runtime', 'root']) mkdirSync(join(dir, d), { recursive: true });
+  writeFileSync(join(specDir, 'kernel.json'), JSON.stringify({ ...readSpec('kgate-bench'), argv: specArgv('kgate-bench') }, null, 1));
+  const port = await freePort();
+  const token = randomBytes(16).toString('hex');
+  const logFile = join(dir, 'jupyter-server.log');
+  const args = [
+    '-m',
+    'jupyter_server',
+    '--ServerApp.ip=127.0.0.1',
+    `--ServerApp.port=${port}`,
+    '--ServerApp.port_retries=0',
+    `--ServerApp.token=${token}`,
+    '--ServerApp.open_browser=False',
+    // It refuses to run as root otherwise (this machine's benchmark runs as root).
+    '--ServerApp.allow_root=True',
+    `--ServerApp.root_dir=${join(dir, 'root')}`,
+    // jupyter_server 1.23: limit_rate=False skips the limiter; the two limits at 0 say the same.
+    ...(rateLimit ? [] : ['--ServerApp.limit_rate=False', '--ServerApp.iopub_msg_rate_limit=0', '--ServerApp.iopub_data_rate_limit=0']),
+  ];
+  const env = {
+    ...process.env,
+    ...KERNEL_ENV,
+    JUPYTER_PATH: share,
+    JUPYTER_CONFIG_DIR: join(dir, 'config'),
+    JUPYTER_DATA_DIR: join(dir, 'data'),
+    JUPYTER_RUNTIME_DIR: join(dir, 'runtime'),
+  };
+  const child = spawnTracked(PYTHON, args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], env }, dir);
+  child.stderr!.pipe(createWriteStream(logFile));
+  const base = `http://127.0.0.1:${port}/`;
+  const deadline = performance.now() + 60_000;
+  for (;;) {
+    if (exited(child)) throw new Error(`jupyter server exited (${child.exitCode}) at start; see ${logFile}`);
+    if (performance.now() > deadline) {
+      await stopChild(child, 2000);
+      throw new Error(`jupyter server did not answer within 60 s; see ${logFile}`);
+    }
+    try {
+      const r = await fetch(`${base}api/status`, { headers: { Authorization: `token ${token}` }, signal: AbortSignal.timeout(2000) });
+      if (r.ok) break;
+    } catch {
+      // not listening yet
+    }
+    await sleep(100);
+  }
+  return {
+    kind: rateLimit ? 'jupyter' : 'jupyter-nolimit',
+    base,
+    token,
+    pid: child.pid!,
+    logFile,
+    async stop() {
+      await stopChild(child, 15_000);
+      killMatching(dir);
+    },
+  };
+}
+
+async function api(g: Gateway, method: string, path: string, body: unknown, timeoutMs: number): Promise<Response> {
+  return fetch(`${g.base}${path}`, {
+    method,
+    headers: { Authorization: `token ${g.token}`, 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal: AbortSignal.timeout(timeoutMs),
+  });
+}
+
+/** POST /api/kernels; answers the kernel id. */
+export async function createKernel(g: Gateway, name: KernelName, timeoutMs = 60_000): Promise<string> {
+  const r = await api(g, 'POST', 'api/kernels', { name }, timeoutMs);
+  if (r.status !== 201) throw new Error(`POST /api/kernels on ${g.kind}: HTTP ${r.status} ${await r.text()}`);
+  return ((await r.json()) as { id: string }).id;
+}
+
+export async function deleteKernel(g: Gateway, id: string, timeoutMs = 20_000): Promise<void> {
+  try {
+    const r = await api(g, 'DELETE', `api/kernels/${id}`, undefined, timeoutMs);
+    await r.arrayBuffer();
+  } catch {
+    // the server's stop kills what is left
+  }
+}
+
+export function channelsUrl(g: Gateway, kernelId: string): (sessionId: string) => string {
+  const ws = g.base.replace(/^http/, 'ws');
+  return (sessionId) => `${ws}api/kernels/${kernelId}/channels?session_id=${sessionId}&token=${g.token}`;
+}

@@ -1,0 +1,371 @@
+/**
+ * The OpenAPI 3.1 description of kgate's API, built once at startup from the
+ * zod schemas that validate requests and model responses (`schemas.ts`), so
+ * there is no hand-kept copy to drift. Served at `<base>api/spec.yaml` (where
+ * kernel_gateway serves its own) and `<base>api/spec.json`.
+ *
+ * Every route registered in the API scope must have an operation below: the
+ * gateway refuses to start otherwise, as fastify refuses a duplicate route.
+ */
+import { STATUS_CODES } from 'node:http';
+import type { FastifyInstance } from 'fastify';
+import { stringify } from 'yaml';
+import { z } from 'zod';
+import { V1_PROTOCOL } from '../bridge/ws-v1.js';
+import { VERSION } from '../version.js';
+import type { GatewayContext } from './context.js';
+import * as s from './schemas.js';
+
+type Json = Record<string, unknown>;
+type Method = 'GET' | 'POST' | 'PATCH' | 'DELETE';
+
+/** Request bodies, as clients may send them (zod's input side). */
+const REQUEST_SCHEMAS = {
+  StartKernelRequest: s.startKernelBody,
+  CreateSessionRequest: s.createSessionBody,
+  PatchSessionRequest: s.patchSessionBody,
+} satisfies Record<string, z.ZodType>;
+
+/** Response bodies, as kgate sends them (zod's output side). */
+const RESPONSE_SCHEMAS = {
+  Kernel: s.kernelModel,
+  KernelList: z.array(s.kernelModel),
+  Session: s.sessionModel,
+  SessionList: z.array(s.sessionModel),
+  KernelSpec: s.kernelspecModel,
+  KernelSpecList: s.kernelspecList,
+  ApiInfo: s.apiInfo,
+  Status: s.statusModel,
+  Error: s.errorBody,
+} satisfies Record<string, z.ZodType>;
+
+type Component = keyof typeof RESPONSE_SCHEMAS;
+
+/** Error answers by status; every one has the `Error` body. */
+const ERROR_RESPONSES = {
+  400: 'a body, query or path that fails validation, or a body that is not JSON',
+  401: 'no token, or a wrong one',
+  403: 'a kernel limit (--max-kernels, --max-kernels-per-user) is reached',
+  404: 'no such route, kernel, session, kernelspec or resource',
+  409: 'the kernel is restarting, shutting down or dead',
+  413: 'a body larger than 1 MiB',
+  500: 'the kernel could not start (the message ends with its stderr), or a bug',
+  504: 'the kernel did not answer kernel_info_request within the launch timeout',
+} as const;
+type ErrorStatus = keyof typeof ERROR_RESPONSES;
+
+interface Answer {
+  description: string;
+  /** A response component, or several that may each be the answer. */
+  json?: Component | Component[];
+  /** Other content types, as OpenAPI media type objects. */
+  content?: Json;
+  headers?: Record<string, { description: string; required?: true }>;
+}
+
+interface Operation {
+  method: Method;
+  /** The route as fastify knows it, below the base URL (`:name` parameters). */
+  route: string;
+  operationId: string;
+  tag: string;
+  summary: string;
+  description?: string;
+  params?: Record<string, string>;
+  query?: Array<{ name: string; description: string; schema: z.ZodType }>;
+  body?: { schema: keyof typeof REQUEST_SCHEMAS; required: boolean };
+  ok: Record<number, Answer>;
+  errors: ErrorStatus[];
+  /** Served by the WebSocket upgrade handler (`channels.ts`), not a fastify route. */
+  upgrade?: true;
+}
+
+const LOCATION = { Location: { description: 'the new resource, under the base URL', required: true } } as const;
+const kernelId = { id: 'the kernel id' };
+const sessionId = { id: 'the session id' };
+
+/** Every operation of the API. Errors that any route can answer (401, 500) are added when the document is built. */
+export const OPERATIONS: Operation[] = [
+  { method: 'GET', route: '/api', operationId: 'getApi', tag: 'status', summary: "kgate's version", ok: { 200: { description: 'the version', json: 'ApiInfo' } }, errors: [] },
+  {
+    method: 'GET',
+    route: '/api/status',
+    operationId: 'getStatus',
+    tag: 'status',
+    summary: 'started, last activity, kernels and connections',
+    ok: { 200: { description: 'the status', json: 'Status' } },
+    errors: [],
+  },
+  {
+    method: 'GET',
+    route: '/api/spec.json',
+    operationId: 'getSpecJson',
+    tag: 'status',
+    summary: 'this description, as JSON',
+    ok: { 200: { description: 'the OpenAPI document', content: { 'application/json': { schema: { type: 'object' } } } } },
+    errors: [],
+  },
+  {
+    method: 'GET',
+    route: '/api/spec.yaml',
+    operationId: 'getSpecYaml',
+    tag: 'status',
+    summary: 'this description, as YAML',
+    ok: { 200: { description: 'the OpenAPI document', content: { 'application/yaml': { schema: { type: 'string' } } } } },
+    errors: [],
+  },
+  {
+    method: 'GET',
+    route: '/api/kernelspecs',
+    operationId: 'listKernelspecs',
+    tag: 'kernelspecs',
+    summary: 'every kernelspec, and the default',
+    query: [
+      {
+        name: 'user',
+        description: "jupyter_server's gateway client, with KERNEL_USERNAME set, asks for one kernelspec as `?user=alice/python3`: the answer is then that one spec",
+        schema: z.string(),
+      },
+    ],
+    ok: { 200: { description: 'the kernelspecs (or the one spec named after the last / of `user`)', json: ['KernelSpecList', 'KernelSpec'] } },
+    errors: [404],
+  },
+  {
+    method: 'GET',
+    route: '/api/kernelspecs/:name',
+    operationId: 'getKernelspec',
+    tag: 'kernelspecs',
+    summary: 'one kernelspec, with argv and resources',
+    params: { name: 'the kernelspec name' },
+    ok: { 200: { description: 'the kernelspec', json: 'KernelSpec' } },
+    errors: [404],
+  },
+  {
+    method: 'GET',
+    route: '/kernelspecs/:name/:file',
+    operationId: 'getKernelspecResource',
+    tag: 'kernelspecs',
+    summary: "a file listed in a kernelspec's resources (logos, kernel.js, kernel.css)",
+    params: { name: 'the kernelspec name', file: 'the file name, as in resources' },
+    ok: {
+      200: {
+        description: 'the file',
+        content: { 'image/png': {}, 'image/svg+xml': {}, 'text/javascript': {}, 'text/css': {}, 'application/octet-stream': {} },
+        headers: { 'Cache-Control': { description: 'max-age=3600' } },
+      },
+    },
+    errors: [404],
+  },
+  { method: 'GET', route: '/api/kernels', operationId: 'listKernels', tag: 'kernels', summary: 'the running kernels', ok: { 200: { description: 'the kernels', json: 'KernelList' } }, errors: [] },
+  {
+    method: 'POST',
+    route: '/api/kernels',
+    operationId: 'startKernel',
+    tag: 'kernels',
+    summary: 'start a kernel',
+    description:
+      'Answers once the kernel has replied to kernel_info_request. `env` keeps only KERNEL_* names (and --env-allow ones); values longer than 4096 characters or holding $, a backtick, a newline, CR or NUL are refused with 400.',
+    body: { schema: 'StartKernelRequest', required: false },
+    ok: { 201: { description: 'the new kernel', json: 'Kernel', headers: LOCATION } },
+    errors: [400, 403, 404, 413, 504],
+  },
+  { method: 'GET', route: '/api/kernels/:id', operationId: 'getKernel', tag: 'kernels', summary: 'one kernel', params: kernelId, ok: { 200: { description: 'the kernel', json: 'Kernel' } }, errors: [404] },
+  {
+    method: 'DELETE',
+    route: '/api/kernels/:id',
+    operationId: 'shutdownKernel',
+    tag: 'kernels',
+    summary: 'shut a kernel down',
+    params: kernelId,
+    ok: { 204: { description: 'shut down' } },
+    errors: [404],
+  },
+  {
+    method: 'POST',
+    route: '/api/kernels/:id/interrupt',
+    operationId: 'interruptKernel',
+    tag: 'kernels',
+    summary: 'interrupt a kernel',
+    params: kernelId,
+    ok: { 204: { description: 'interrupted' } },
+    errors: [404, 409],
+  },
+  {
+    method: 'POST',
+    route: '/api/kernels/:id/restart',
+    operationId: 'restartKernel',
+    tag: 'kernels',
+    summary: 'restart a kernel (a new process, the same id)',
+    params: kernelId,
+    ok: { 200: { description: 'the restarted kernel', json: 'Kernel' } },
+    errors: [404, 409, 504],
+  },
+  {
+    method: 'GET',
+    route: '/api/kernels/:id/channels',
+    operationId: 'connectKernelChannels',
+    tag: 'kernels',
+    summary: "the kernel's channels WebSocket",
+    description: `A WebSocket upgrade (\`Connection: Upgrade\`, \`Upgrade: websocket\`). Messages are JSON text frames (with buffers: the binary form), or \`${V1_PROTOCOL}\` when the client offers it in Sec-WebSocket-Protocol. A second socket with the same session_id replaces the first. Refusals come before the upgrade, as plain HTTP with an Error body; a GET without the upgrade is a 404.`,
+    params: kernelId,
+    query: [{ name: 'session_id', description: "the client's session; identifies the connection (a random one when absent)", schema: s.sessionIdQuery }],
+    ok: { 101: { description: 'Switching Protocols: the WebSocket is open', headers: { 'Sec-WebSocket-Protocol': { description: `${V1_PROTOCOL} when the client offered it` } } } },
+    errors: [400, 404],
+    upgrade: true,
+  },
+  { method: 'GET', route: '/api/sessions', operationId: 'listSessions', tag: 'sessions', summary: 'the sessions', ok: { 200: { description: 'the sessions', json: 'SessionList' } }, errors: [] },
+  {
+    method: 'POST',
+    route: '/api/sessions',
+    operationId: 'createSession',
+    tag: 'sessions',
+    summary: 'create a session, starting its kernel (or get the session a path already has)',
+    body: { schema: 'CreateSessionRequest', required: true },
+    ok: { 201: { description: 'the session', json: 'Session', headers: LOCATION } },
+    errors: [400, 403, 404, 413, 504],
+  },
+  { method: 'GET', route: '/api/sessions/:id', operationId: 'getSession', tag: 'sessions', summary: 'one session', params: sessionId, ok: { 200: { description: 'the session', json: 'Session' } }, errors: [404] },
+  {
+    method: 'PATCH',
+    route: '/api/sessions/:id',
+    operationId: 'updateSession',
+    tag: 'sessions',
+    summary: "rename or move a session, or change its kernel",
+    params: sessionId,
+    body: { schema: 'PatchSessionRequest', required: true },
+    ok: { 200: { description: 'the session', json: 'Session' } },
+    errors: [400, 403, 404, 413, 504],
+  },
+  {
+    method: 'DELETE',
+    route: '/api/sessions/:id',
+    operationId: 'deleteSession',
+    tag: 'sessions',
+    summary: 'delete a session and shut its kernel down',
+    params: sessionId,
+    ok: { 204: { description: 'deleted' } },
+    errors: [404],
+  },
+];
+
+const ref = (name: string): Json => ({ $ref: `#/components/schemas/${name}` });
+
+/** zod's JSON Schema (draft 2020-12, which OpenAPI 3.1 uses) of every schema in `entries`, cross-referenced as components. */
+function componentSchemas(entries: Record<string, z.ZodType>, io: 'input' | 'output'): Record<string, Json> {
+  const registry = z.registry<{ id: string }>();
+  for (const [id, schema] of Object.entries(entries)) registry.add(schema, { id });
+  const { schemas } = z.toJSONSchema(registry, { target: 'draft-2020-12', io, uri: (id) => `#/components/schemas/${id}` });
+  const out: Record<string, Json> = {};
+  for (const [id, schema] of Object.entries(schemas)) {
+    const { $schema: _schema, $id: _id, ...rest } = schema as Json;
+    out[id] = rest;
+  }
+  return out;
+}
+
+function inlineSchema(schema: z.ZodType): Json {
+  const { $schema: _schema, ...rest } = z.toJSONSchema(schema, { target: 'draft-2020-12', io: 'input' }) as Json;
+  return rest;
+}
+
+const errorResponseName = (status: ErrorStatus): string => (STATUS_CODES[status] ?? String(status)).replace(/[^A-Za-z]/g, '');
+
+/** The OpenAPI path of a fastify route: `/api/kernels/:id` → `/api/kernels/{id}`. */
+export const openApiPath = (route: string): string => route.replace(/:(\w+)/g, '{$1}');
+
+function operationObject(op: Operation, authEnabled: boolean): Json {
+  const parameters: Json[] = [];
+  for (const [name, description] of Object.entries(op.params ?? {})) parameters.push({ name, in: 'path', required: true, description, schema: { type: 'string' } });
+  for (const q of op.query ?? []) parameters.push({ name: q.name, in: 'query', required: false, description: q.description, schema: inlineSchema(q.schema) });
+  if (op.upgrade) {
+    parameters.push(
+      { name: 'Upgrade', in: 'header', required: true, schema: { const: 'websocket' } },
+      { name: 'Sec-WebSocket-Protocol', in: 'header', required: false, description: `\`${V1_PROTOCOL}\` selects the v1 binary protocol`, schema: { type: 'string' } },
+    );
+  }
+  const responses: Json = {};
+  for (const [status, a] of Object.entries(op.ok)) {
+    const r: Json = { description: a.description };
+    if (a.headers) r['headers'] = Object.fromEntries(Object.entries(a.headers).map(([h, d]) => [h, { ...d, schema: { type: 'string' } }]));
+    if (a.json !== undefined) r['content'] = { 'application/json': { schema: Array.isArray(a.json) ? { anyOf: a.json.map(ref) } : ref(a.json) } };
+    else if (a.content) r['content'] = a.content;
+    responses[status] = r;
+  }
+  const errors = new Set<ErrorStatus>(op.errors);
+  // A malformed path segment (bad percent-encoding) is refused before routing.
+  if (op.params) errors.add(400);
+  if (authEnabled) errors.add(401);
+  if (!op.upgrade) errors.add(500);
+  for (const status of [...errors].sort((a, b) => a - b)) responses[status] = { $ref: `#/components/responses/${errorResponseName(status)}` };
+  const o: Json = { operationId: op.operationId, tags: [op.tag], summary: op.summary };
+  if (op.description) o['description'] = op.description;
+  if (parameters.length > 0) o['parameters'] = parameters;
+  if (op.body) o['requestBody'] = { required: op.body.required, content: { 'application/json': { schema: ref(op.body.schema) } } };
+  o['responses'] = responses;
+  return o;
+}
+
+/** The OpenAPI document of this gateway (its base URL, whether auth is on). */
+export function buildOpenApi(ctx: Pick<GatewayContext, 'baseUrl' | 'auth'>): Json {
+  const paths: Record<string, Json> = {};
+  for (const op of OPERATIONS) (paths[openApiPath(op.route)] ??= {})[op.method.toLowerCase()] = operationObject(op, ctx.auth.enabled);
+  const responses: Json = {};
+  for (const status of Object.keys(ERROR_RESPONSES).map(Number) as ErrorStatus[]) {
+    responses[errorResponseName(status)] = {
+      description: `${STATUS_CODES[status]}: ${ERROR_RESPONSES[status]}`,
+      content: { 'application/json': { schema: ref('Error') } },
+    };
+  }
+  return {
+    openapi: '3.1.0',
+    info: {
+      title: 'kgate',
+      version: VERSION,
+      summary: 'A headless Jupyter kernel gateway: the Jupyter kernels REST and WebSocket API',
+      license: { name: 'BSD-3-Clause', identifier: 'BSD-3-Clause' },
+    },
+    servers: [{ url: ctx.baseUrl === '/' ? '/' : ctx.baseUrl.slice(0, -1), description: 'this gateway, under its --base-url' }],
+    tags: [
+      { name: 'status', description: 'the service' },
+      { name: 'kernelspecs', description: 'the kernels that can be started' },
+      { name: 'kernels', description: 'running kernels and their channels' },
+      { name: 'sessions', description: "jupyter_server's session API" },
+    ],
+    security: ctx.auth.enabled ? [{ token: [] }, { bearer: [] }, { tokenQuery: [] }] : [],
+    paths,
+    components: {
+      schemas: { ...componentSchemas(REQUEST_SCHEMAS, 'input'), ...componentSchemas(RESPONSE_SCHEMAS, 'output') },
+      responses,
+      securitySchemes: {
+        token: { type: 'apiKey', in: 'header', name: 'Authorization', description: '`Authorization: token X`' },
+        bearer: { type: 'http', scheme: 'bearer', description: '`Authorization: Bearer X`, as jupyter_server accepts' },
+        tokenQuery: { type: 'apiKey', in: 'query', name: 'token', description: '`?token=X`, on every route including the WebSocket' },
+      },
+    },
+  };
+}
+
+/**
+ * Serves the description, and checks when the app is ready that every route
+ * of this scope has an operation and every operation a route. Register it
+ * first in the API scope, so it sees every route after it.
+ */
+export function specRoutes(app: FastifyInstance, ctx: GatewayContext): void {
+  const doc = buildOpenApi(ctx);
+  const json = JSON.stringify(doc);
+  const yaml = stringify(doc, { aliasDuplicateObjects: false, lineWidth: 0 });
+  const routes = new Set<string>();
+  app.addHook('onRoute', (r) => {
+    for (const m of [r.method].flat()) if (m !== 'HEAD') routes.add(`${m} ${r.routePath}`);
+  });
+  app.addHook('onReady', async () => {
+    const described = new Set(OPERATIONS.filter((op) => !op.upgrade).map((op) => `${op.method} ${op.route}`));
+    const undescribed = [...routes].filter((r) => !described.has(r));
+    const unserved = [...described].filter((r) => !routes.has(r));
+    if (undescribed.length > 0 || unserved.length > 0) {
+      throw new Error(`the OpenAPI operations (src/gateway/openapi.ts) and the routes differ: undescribed ${undescribed.join(', ') || 'none'}; unserved ${unserved.join(', ') || 'none'}`);
+    }
+  });
+  app.get('/api/spec.json', async (_req, reply) => reply.type('application/json; charset=utf-8').send(json));
+  app.get('/api/spec.yaml', async (_req, reply) => reply.type('application/yaml; charset=utf-8').send(yaml));
+}
