@@ -91,6 +91,10 @@ export class ChannelsEndpoint {
   }
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    void this.upgrade(req, socket, head);
+  }
+
+  private async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     try {
       const url = req.url ?? '/';
       const q = url.indexOf('?');
@@ -102,8 +106,9 @@ export class ChannelsEndpoint {
       if (!this.ctx.auth.authenticate(req.headers, url)) throw unauthorized();
       const kernelId = decodeURIComponent(m[1]!);
       const kernels = this.ctx.kernels;
-      if (!kernels.has(kernelId)) throw kernelNotFound(kernelId);
-      const kernel = kernels.get(kernelId);
+      // Not only this process's kernels: one another gateway on the same state dir runs is followed.
+      const kernel = await kernels.find(kernelId);
+      if (socket.destroyed) return;
       const link = kernel.link;
       if (!link || kernel.phase === 'dead' || kernel.phase === 'shutting_down') throw kernelNotFound(kernelId);
       const query = new URLSearchParams(q >= 0 ? url.slice(q + 1) : '');

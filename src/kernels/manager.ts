@@ -18,6 +18,7 @@ import {
   kernelStartTimeout,
   kernelLimit,
   userKernelLimit,
+  kernelDead,
 } from '../errors.js';
 import type { ConnectionInfo, KernelSpec, Provisioner } from '../provisioner/types.js';
 import { sanitizeEnv, type EnvPolicy } from './env.js';
@@ -68,6 +69,20 @@ export interface StartRequest {
 /** A kernel that ran this long before dying resets the count of automatic restarts. */
 const STABLE_RUN_MS = 30_000;
 const TERMINATE_WAIT_MS = 2000;
+/** How often followed kernels are checked against the state dir. */
+const SYNC_INTERVAL_MS = 1000;
+const FOLLOW_TIMEOUT_MS = 10_000;
+/** How long restarting a followed kernel waits for its owner to bring it back. */
+const FOLLOWER_RESTART_WAIT_MS = 60_000;
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
 
 export class ManagedKernel {
   phase: KernelPhase = 'starting';
@@ -82,6 +97,14 @@ export class ManagedKernel {
   pending: Promise<void> | undefined;
   /** Waiting in a warm pool: counted against no one, listed nowhere. */
   pooled = false;
+  /**
+   * Started by another gateway process on the same state dir, which watches
+   * its life (heartbeat, restarts); this one relays its messages and can
+   * interrupt, restart or shut it down through the kernel itself.
+   */
+  follower = false;
+  /** The provisioner description last read from the state dir (a follower reloads it when it changes). */
+  recordedInfo = '';
   private readonly createdActivity = Date.now();
 
   constructor(
@@ -123,8 +146,22 @@ export class KernelManager {
   private readonly reservedBy = new Map<string, number>();
   readonly pools: WarmPools;
 
+  private readonly following = new Map<string, Promise<ManagedKernel | undefined>>();
+  private readonly syncTimer: NodeJS.Timeout | undefined;
+
   constructor(private readonly o: KernelManagerOptions) {
     this.pools = new WarmPools(this, o.log);
+    if (o.state) {
+      let syncing = false;
+      this.syncTimer = setInterval(() => {
+        if (syncing) return;
+        syncing = true;
+        this.syncShared()
+          .catch((e: unknown) => o.log.warn({ err: e }, 'state dir sync failed'))
+          .finally(() => (syncing = false));
+      }, SYNC_INTERVAL_MS);
+      this.syncTimer.unref();
+    }
   }
 
   onRemoved(listener: (id: string) => void): void {
@@ -143,6 +180,99 @@ export class KernelManager {
 
   has(id: string): boolean {
     return this.kernels.has(id);
+  }
+
+  /**
+   * The kernel with this id: one of this gateway's, or one another gateway
+   * process on the same state dir runs, followed from now on.
+   */
+  async find(id: string): Promise<ManagedKernel> {
+    const k = this.kernels.get(id) ?? (await this.follow(id));
+    if (!k) throw kernelNotFound(id);
+    return k;
+  }
+
+  /** Every kernel, those of other gateway processes on the same state dir included. */
+  async listShared(): Promise<ManagedKernel[]> {
+    if (this.o.state) {
+      const records = await this.o.state.loadAll();
+      await Promise.all(records.filter((r) => !r.pooled && !this.kernels.has(r.id)).map((r) => this.follow(r.id)));
+    }
+    return this.list();
+  }
+
+  private follow(id: string): Promise<ManagedKernel | undefined> {
+    if (!this.o.state) return Promise.resolve(undefined);
+    let p = this.following.get(id);
+    if (!p) {
+      p = this.startFollowing(id).finally(() => this.following.delete(id));
+      this.following.set(id, p);
+    }
+    return p;
+  }
+
+  private async startFollowing(id: string): Promise<ManagedKernel | undefined> {
+    const r = await this.o.state!.load(id);
+    if (!r || r.pooled || r.gateway.instance === this.o.state!.instance || this.kernels.has(id)) return this.kernels.get(id);
+    const p = this.o.provisionerFor(r.spec);
+    await p.loadInfo(r.provisioner);
+    if ((await p.poll()) !== undefined) return undefined;
+    const k = new ManagedKernel(r.id, r.spec, p, r.env, r.owner ?? undefined, r.cwd);
+    k.follower = true;
+    k.conn = r.conn;
+    k.recordedInfo = JSON.stringify(r.provisioner);
+    k.link = new KernelLink(r.conn, { ...this.o.link, log: this.o.log.child({ kernel: k.id }) });
+    k.link.open();
+    try {
+      await k.link.nudge(FOLLOW_TIMEOUT_MS);
+    } catch {
+      k.link.close();
+      return undefined;
+    }
+    k.phase = 'running';
+    this.kernels.set(k.id, k);
+    this.o.log.info({ kernel: k.id, owner: r.gateway.pid }, 'following a kernel of another gateway process');
+    return k;
+  }
+
+  /**
+   * Keeps followed kernels in step with the state dir: gone there means shut
+   * down by another gateway; a restart there means a new process to signal;
+   * an owner gateway that died means this one takes the kernel over.
+   */
+  private async syncShared(): Promise<void> {
+    const state = this.o.state!;
+    for (const k of [...this.kernels.values()]) {
+      if (!k.follower || k.phase !== 'running') continue;
+      const r = await state.load(k.id);
+      if (!r) {
+        this.forget(k, 'kernel shut down');
+        continue;
+      }
+      const info = JSON.stringify(r.provisioner);
+      if (info !== k.recordedInfo) {
+        k.recordedInfo = info;
+        await k.provisioner.loadInfo(r.provisioner);
+      }
+      if (r.gateway.instance !== state.instance && !processAlive(r.gateway.pid)) {
+        k.follower = false;
+        await this.persist(k);
+        this.watch(k, ++k.generation, k.conn!);
+        this.o.log.warn({ kernel: k.id, previousOwner: r.gateway.pid }, 'took over a kernel whose gateway process is gone');
+      }
+    }
+  }
+
+  /** Lets go of a kernel that another gateway shut down, telling its clients here. */
+  private forget(k: ManagedKernel, why: string): void {
+    k.phase = 'dead';
+    for (const c of k.link?.allClients() ?? []) c.close(WsClose.Normal, why);
+    k.heartbeat?.stop();
+    k.link?.close();
+    if (this.kernels.get(k.id) === k) {
+      this.kernels.delete(k.id);
+      for (const l of this.removedListeners) l(k.id);
+    }
   }
 
   async start(req: StartRequest): Promise<ManagedKernel> {
@@ -275,6 +405,7 @@ export class KernelManager {
    * records stay in the state dir for the next gateway to adopt.
    */
   async releaseAll(): Promise<void> {
+    clearInterval(this.syncTimer);
     for (const k of this.kernels.values()) {
       k.generation++;
       k.heartbeat?.stop();
@@ -310,7 +441,7 @@ export class KernelManager {
   }
 
   async interrupt(id: string): Promise<void> {
-    const k = this.get(id);
+    const k = await this.find(id);
     if (k.phase !== 'running') throw kernelRestarting(id);
     if (k.spec.spec.interrupt_mode === 'message') {
       await k.link?.request('control', 'interrupt_request', {}, this.o.shutdownWaitMs);
@@ -321,8 +452,9 @@ export class KernelManager {
 
   /** Restarts the kernel on the same connection, so clients keep their sockets. */
   async restart(id: string): Promise<ManagedKernel> {
-    const k = this.get(id);
+    const k = await this.find(id);
     if (k.phase !== 'running') throw kernelRestarting(id);
+    if (k.follower) return this.restartFollowed(k);
     k.phase = 'restarting';
     const op = this.relaunch(k, true);
     k.pending = op;
@@ -335,7 +467,9 @@ export class KernelManager {
   }
 
   async shutdown(id: string, why = 'kernel shut down'): Promise<void> {
-    const k = this.get(id);
+    const k = await this.find(id);
+    // A followed kernel's record goes first, so its owner takes the exit for a shutdown, not a crash.
+    if (k.follower) await this.o.state?.remove(k.id);
     if (k.phase === 'shutting_down' && k.pending) return k.pending;
     const previous = k.pending;
     k.phase = 'shutting_down';
@@ -352,7 +486,39 @@ export class KernelManager {
     return op;
   }
 
+  /**
+   * Restarts a kernel another gateway watches: its process is killed, and its
+   * owner restarts it as after a crash, on the same connection; this waits
+   * until it answers again.
+   */
+  private async restartFollowed(k: ManagedKernel): Promise<ManagedKernel> {
+    k.phase = 'restarting';
+    k.link?.broadcastStatus('restarting');
+    k.link?.suspend();
+    const before = k.recordedInfo;
+    try {
+      await k.provisioner.kill(true);
+      const deadline = Date.now() + FOLLOWER_RESTART_WAIT_MS;
+      while (k.recordedInfo === before && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+        const r = await this.o.state!.load(k.id);
+        if (!r) throw kernelDead(k.id);
+        k.recordedInfo = JSON.stringify(r.provisioner);
+        if (k.recordedInfo !== before) await k.provisioner.loadInfo(r.provisioner);
+      }
+      await k.link!.nudge(Math.max(1000, deadline - Date.now()));
+      k.phase = 'running';
+      return k;
+    } catch (e) {
+      if (k.phase === 'restarting') k.phase = 'running';
+      throw e;
+    }
+  }
+
   async shutdownAll(): Promise<void> {
+    clearInterval(this.syncTimer);
+    // Kernels another gateway process watches are let go, not stopped.
+    for (const k of this.list()) if (k.follower) this.forget(k, 'kgate is shutting down');
     await Promise.allSettled([...this.list().map((k) => this.shutdown(k.id)), this.pools.close()]);
   }
 
@@ -476,6 +642,11 @@ export class KernelManager {
 
   private async onDeath(k: ManagedKernel, generation: number, why: string): Promise<void> {
     if (k.generation !== generation || k.phase !== 'running') return;
+    if (this.o.state && !(await this.o.state.load(k.id))) {
+      // Another gateway process on the state dir shut it down.
+      this.forget(k, 'kernel shut down');
+      return;
+    }
     if (Date.now() - k.startedAt > STABLE_RUN_MS) k.restarts = 0;
     if (k.restarts >= this.o.restartLimit) {
       this.giveUp(k, `${why}; ${k.restarts} automatic restarts did not keep it alive`);

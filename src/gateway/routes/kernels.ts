@@ -10,7 +10,7 @@ interface IdParams {
 export function kernelRoutes(app: FastifyInstance, ctx: GatewayContext): void {
   const { kernels, baseUrl } = ctx;
 
-  app.get('/api/kernels', async () => kernels.list().filter((k) => k.phase !== 'dead').map((k) => k.model()));
+  app.get('/api/kernels', async () => (await kernels.listShared()).filter((k) => k.phase !== 'dead').map((k) => k.model()));
 
   app.post('/api/kernels', async (req, reply) => {
     const body = parseBody(startKernelBody, req.body);
@@ -18,10 +18,10 @@ export function kernelRoutes(app: FastifyInstance, ctx: GatewayContext): void {
     return reply.code(201).header('Location', `${baseUrl}api/kernels/${k.id}`).send(k.model());
   });
 
-  app.get<{ Params: IdParams }>('/api/kernels/:id', async (req) => kernels.get(req.params.id).model());
+  app.get<{ Params: IdParams }>('/api/kernels/:id', async (req) => (await kernels.find(req.params.id)).model());
 
   app.delete<{ Params: IdParams }>('/api/kernels/:id', async (req, reply) => {
-    await kernels.shutdown(kernels.get(req.params.id).id);
+    await kernels.shutdown((await kernels.find(req.params.id)).id);
     return reply.code(204).send();
   });
 
