@@ -81,15 +81,16 @@ export class ClientRelay implements LinkClient {
     link.attach(this);
   }
 
-  deliver(channel: Channel, m: MessageParts, cache: EncodeCache): void {
+  deliver(channel: Channel, m: MessageParts, cache: EncodeCache): boolean {
     const ws = this.ws;
     if (ws.readyState !== WebSocket.OPEN) {
       // Closing (the client's close frame came, the 'close' event has not yet):
       // the message is kept for the session's reconnect, not dropped.
       this.link.undelivered(this, channel, m);
-      return;
+      return false;
     }
-    if (ws.bufferedAmount > this.options.maxBufferedBytes && this.overBound(channel, m)) return;
+    const max = this.options.maxBufferedBytes;
+    if (ws.bufferedAmount > max && this.overBound(channel, m)) return true;
     let frame = cache[this.protocol];
     if (frame === undefined) {
       try {
@@ -101,6 +102,11 @@ export class ClientRelay implements LinkClient {
       cache[this.protocol] = frame;
     }
     if (frame !== null) sendPrepared(ws, frame);
+    return ws.bufferedAmount > max / 2;
+  }
+
+  caughtUp(): boolean {
+    return this.ws.readyState !== WebSocket.OPEN || this.ws.bufferedAmount <= this.options.maxBufferedBytes / 2;
   }
 
   /**

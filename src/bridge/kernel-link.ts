@@ -34,7 +34,10 @@ export interface LinkClient {
   readonly identity: Buffer;
   /** `identity` as a latin1 string: the key of the routing map. */
   readonly identityKey: string;
-  deliver(channel: Channel, m: MessageParts, cache: EncodeCache): void;
+  /** Hands the client a message; true when the client is behind (its unsent bytes are past half its bound). */
+  deliver(channel: Channel, m: MessageParts, cache: EncodeCache): boolean;
+  /** Whether the client has caught up enough for the link to read iopub again. */
+  caughtUp(): boolean;
   close(code: number, reason: string): void;
 }
 
@@ -62,6 +65,8 @@ const LINK_KEY = LINK_IDENTITY.toString('latin1');
 const NUDGE_INTERVAL_MS = 100;
 const NUDGE_RESEND_UNANSWERED_MS = 2000;
 const NUDGE_MIN_GAP_MS = 5;
+/** While every client is behind, how often to look whether one has caught up. */
+const CATCH_UP_POLL_MS = 2;
 /**
  * The link connects before the kernel has bound its ports, so the first
  * connects are refused. ZeroMQ's default 100 ms reconnect pace, or any
@@ -98,6 +103,8 @@ export class KernelLink {
   private onIopubSeen: (() => void) | undefined;
   private readonly rateLimiter: IopubRateLimiter | undefined;
   private readonly replay: ReplayStore;
+  /** Every client is behind: iopub reading pauses after the current message. */
+  private allBehind = false;
 
   constructor(
     private readonly conn: ConnectionInfo,
@@ -354,12 +361,36 @@ export class KernelLink {
     }
   }
 
+  /**
+   * Reads iopub. When every client is behind, reading pauses until one has
+   * caught up: the kernel's output then waits in ZeroMQ (up to the high-water
+   * marks) instead of in the gateway's memory or being dropped, so a lone
+   * client that reads slower than the kernel writes still gets everything.
+   * A client that is behind while another keeps up loses output instead (see
+   * ClientRelay): one slow client never slows the others.
+   */
   private async pumpIopub(): Promise<void> {
     try {
-      for await (const frames of this.iopub) this.onIopub(frames);
+      for await (const frames of this.iopub) {
+        this.onIopub(frames);
+        if (this.allBehind) await this.untilCaughtUp();
+      }
     } catch (e) {
       if (!this.closed) this.options.log.error({ err: e }, 'kernel link iopub loop failed');
     }
+  }
+
+  private untilCaughtUp(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const check = (): void => {
+        if (this.closed || this.clients.size === 0) return resolve();
+        for (const c of this.clients.values()) if (c.caughtUp()) return resolve();
+        setTimeout(check, CATCH_UP_POLL_MS);
+      };
+      setTimeout(check, CATCH_UP_POLL_MS);
+    }).then(() => {
+      this.allBehind = false;
+    });
   }
 
   private onIopub(frames: Buffer[]): void {
@@ -384,7 +415,9 @@ export class KernelLink {
   private fanOut(m: MessageParts): void {
     this.replay.iopub(m);
     const cache: EncodeCache = {};
-    for (const client of this.clients.values()) client.deliver('iopub', m, cache);
+    let behind = 0;
+    for (const client of this.clients.values()) if (client.deliver('iopub', m, cache)) behind++;
+    if (behind > 0 && behind === this.clients.size) this.allBehind = true;
   }
 
   /** Tells every client something on stderr, on the output of the request `parent` answers. */
