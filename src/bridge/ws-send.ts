@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import type { OutFrame } from './ws-json.js';
 
@@ -47,8 +48,36 @@ export function prepareFrame(f: OutFrame): PreparedFrame {
   return { fragments, binary: f.binary };
 }
 
+/**
+ * Sockets written to in this turn of the event loop, corked until its check
+ * phase: the messages of a burst (a flood, or busy + execute_input + reply)
+ * leave in one writev instead of one system call each. One setImmediate per
+ * turn for all sockets, none per message.
+ */
+const corked: Socket[] = [];
+let flushScheduled = false;
+
+function uncorkAll(): void {
+  flushScheduled = false;
+  for (const s of corked) s.uncork();
+  corked.length = 0;
+}
+
+function corkForThisTurn(ws: WebSocket): void {
+  // ws keeps its net.Socket as `_socket`; its own cork/uncork around each frame nests inside ours.
+  const socket = (ws as unknown as { _socket: Socket | null })._socket;
+  if (!socket || socket.writableCorked > 0) return;
+  socket.cork();
+  corked.push(socket);
+  if (!flushScheduled) {
+    flushScheduled = true;
+    setImmediate(uncorkAll);
+  }
+}
+
 /** Sends a prepared message; ws frames each fragment without copying it (no masking on a server). */
 export function sendPrepared(ws: WebSocket, p: PreparedFrame): void {
+  corkForThisTurn(ws);
   const fragments = p.fragments;
   const last = fragments.length - 1;
   if (last > 0) {
