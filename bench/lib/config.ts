@@ -33,8 +33,11 @@ export interface Sizes {
   parallel: { kernels: number; seconds: number; timeoutMs: number };
   /** (e) WebSockets opened on one kernel, in batches; jupyter server is expected to stop near 249. */
   sockets: { kgate: number; jupyter: number; batch: number; jupyterBatch: number; settleMs: number; timeoutMs: number };
-  /** (f) the flood (N × SIZE) that runs past a client that does not read; `maxClientBuffer` for kgate when set. */
-  slow: { n: number; size: number; maxClientBuffer: number | undefined; timeoutMs: number };
+  /**
+   * (f) the flood (N × SIZE) that runs past a client that does not read; `maxClientBuffer` for kgate when set;
+   * `closeWaitMs`: how long the slow client, reading again, is watched for the gateway closing it.
+   */
+  slow: { n: number; size: number; maxClientBuffer: number | undefined; closeWaitMs: number; timeoutMs: number };
   /** (g) starts per kernel and target. */
   start: { runs: number; timeoutMs: number };
   /** Servers of their own for the scenarios that read memory (e, f), or the shared ones. */
@@ -43,23 +46,23 @@ export interface Sizes {
 
 const FULL: Sizes = {
   execute: { warmup: 200, count: 2000, timeoutMs: 10_000 },
-  floodSmall: { n: 100_000, size: 100, warmupN: 5_000, repeats: 3, timeoutMs: 120_000 },
-  floodLarge: { n: 4000, size: 65_536, warmupN: 200, repeats: 3, timeoutMs: 120_000 },
+  floodSmall: { n: 100_000, size: 100, warmupN: 5_000, repeats: 5, timeoutMs: 120_000 },
+  floodLarge: { n: 4000, size: 65_536, warmupN: 200, repeats: 5, timeoutMs: 120_000 },
   parallel: { kernels: 32, seconds: 5, timeoutMs: 10_000 },
   sockets: { kgate: 10_000, jupyter: 1000, batch: 500, jupyterBatch: 25, settleMs: 1000, timeoutMs: 300_000 },
-  slow: { n: 16_384, size: 65_536, maxClientBuffer: undefined, timeoutMs: 240_000 },
+  slow: { n: 16_384, size: 65_536, maxClientBuffer: undefined, closeWaitMs: 1500, timeoutMs: 240_000 },
   start: { runs: 5, timeoutMs: 60_000 },
   freshServers: true,
 };
 
 const TINY: Sizes = {
-  execute: { warmup: 5, count: 20, timeoutMs: 10_000 },
+  execute: { warmup: 5, count: 15, timeoutMs: 10_000 },
   floodSmall: { n: 2000, size: 100, warmupN: 100, repeats: 1, timeoutMs: 20_000 },
   floodLarge: { n: 40, size: 65_536, warmupN: 4, repeats: 1, timeoutMs: 20_000 },
   parallel: { kernels: 2, seconds: 0.5, timeoutMs: 10_000 },
   sockets: { kgate: 40, jupyter: 20, batch: 20, jupyterBatch: 10, settleMs: 200, timeoutMs: 30_000 },
   // A small send bound, so that kgate's slow-client policy is exercised at this size too.
-  slow: { n: 400, size: 65_536, maxClientBuffer: 4 * 1024 * 1024, timeoutMs: 30_000 },
+  slow: { n: 400, size: 65_536, maxClientBuffer: 4 * 1024 * 1024, closeWaitMs: 300, timeoutMs: 30_000 },
   start: { runs: 1, timeoutMs: 30_000 },
   freshServers: false,
 };

@@ -36,12 +36,33 @@ export interface KernelHandle {
   target: Target;
   /** The gateway's pid (undefined for direct), for reading its memory. */
   serverPid: number | undefined;
-  /** A new client of the kernel: a ZeroMQ DEALER + SUB, or a WebSocket through the gateway. */
-  connect(timeoutMs?: number): Promise<KernelSession>;
+  /**
+   * A new client of the kernel: a ZeroMQ DEALER + SUB (nudged until iopub
+   * flows), or a WebSocket through the gateway that has had a
+   * `kernel_info_reply`, as JupyterLab waits for one on connect (with
+   * `handshake: false`, just the open socket).
+   */
+  connect(timeoutMs?: number, handshake?: boolean): Promise<KernelSession>;
   stop(): Promise<void>;
 }
 
 const CONNECT_TIMEOUT_MS = 30_000;
+/** A request sent before a server has wired a new socket up can be lost (seen once with jupyter server): ask again. */
+const HANDSHAKE_TRY_MS = 3000;
+
+export async function kernelInfoHandshake(s: KernelSession, timeoutMs: number): Promise<void> {
+  const end = performance.now() + timeoutMs;
+  let last: unknown;
+  while (performance.now() < end && s.isOpen) {
+    try {
+      await s.kernelInfo(Math.min(HANDSHAKE_TRY_MS, Math.max(1, end - performance.now())));
+      return;
+    } catch (e) {
+      last = e;
+    }
+  }
+  throw new Error(`no kernel_info_reply on a new WebSocket within ${timeoutMs} ms: ${String(last)}`);
+}
 
 export class Lab {
   private readonly shared = new Map<ServerKind, Promise<Gateway>>();
@@ -101,9 +122,10 @@ export class Lab {
     return {
       target,
       serverPid: g.pid,
-      async connect(timeoutMs = CONNECT_TIMEOUT_MS) {
+      async connect(timeoutMs = CONNECT_TIMEOUT_MS, handshake = true) {
         const s = await WsSession.open(url, protocol, timeoutMs);
         sessions.push(s);
+        if (handshake) await kernelInfoHandshake(s, timeoutMs);
         return s;
       },
       async stop() {

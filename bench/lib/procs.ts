@@ -11,16 +11,27 @@ const children = new Set<ChildProcess>();
 /** Strings (temp dirs) in the command line of anything the run started, even indirectly. */
 const needles = new Set<string>();
 
-/** A port free on 127.0.0.1 right now (bind port 0 and read it back). */
+/** Ports handed out in this run: kernels started side by side must never get the same one. */
+const handedOut = new Set<number>();
+const MAX_PROBES = 100;
+
+/** A port free on 127.0.0.1 right now (bind port 0 and read it back), never one handed out before. */
 export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const a = srv.address();
-      srv.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
+  for (let i = 0; i < MAX_PROBES; i++) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const srv = createServer();
+      srv.once('error', reject);
+      srv.listen(0, '127.0.0.1', () => {
+        const a = srv.address();
+        srv.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
+      });
     });
-  });
+    if (port !== 0 && !handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error(`no fresh free port in ${MAX_PROBES} probes`);
 }
 
 /**

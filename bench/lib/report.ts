@@ -112,13 +112,13 @@ export class Report {
       const per = this.value('sockets', 'RSS per socket', t);
       if (held !== null && per !== null) {
         const ok = held >= fullSockets && per <= 20;
-        out.push({ goal: `${fullSockets.toLocaleString('en-US')} WebSockets on one kernel at ≤ 20 KB each`, target: t, measured: `${held} held, ${fmt(per)} KB each`, met: ok, margin: ok ? `${fmt(20 - per)} KB to spare` : held < fullSockets ? `${fullSockets - held} short` : `missed by ${fmt(per - 20)} KB per socket` });
+        out.push({ goal: `${fullSockets.toLocaleString('en-US')} WebSockets on one kernel at ≤ 20 KB each`, target: t, measured: `${held} held, ${fmt(per)} KiB each`, met: ok, margin: ok ? `${fmt(20 - per)} KiB to spare` : held < fullSockets ? `${fullSockets - held} short` : `missed by ${fmt(per - 20)} KiB per socket` });
       }
       const grow = this.value('slow-client', 'peak RSS growth', t);
       const rel = this.value('slow-client', 'reader vs no slow client', t);
       if (grow !== null && rel !== null) {
         const ok = grow <= 64 && rel >= 0.8;
-        out.push({ goal: 'a non-reading client: RSS growth ≤ 64 MB, other clients within 20 %', target: t, measured: `+${fmt(grow)} MB, reader at ${rel.toFixed(2)}× its (c) throughput`, met: ok, margin: ok ? `${fmt(64 - grow)} MB and ${(rel - 0.8).toFixed(2)}× to spare` : [grow > 64 ? `RSS over by ${fmt(grow - 64)} MB` : '', rel < 0.8 ? `reader ${pct(1 - rel)} slower` : ''].filter(Boolean).join(', ') });
+        out.push({ goal: 'a non-reading client: RSS growth ≤ 64 MB, other clients within 20 %', target: t, measured: `+${fmt(grow)} MiB, reader at ${rel.toFixed(2)}× its throughput without it`, met: ok, margin: ok ? `${fmt(64 - grow)} MiB and ${(rel - 0.8).toFixed(2)}× to spare` : [grow > 64 ? `RSS over by ${fmt(grow - 64)} MiB` : '', rel < 0.8 ? `reader ${pct(1 - rel)} slower` : ''].filter(Boolean).join(', ') });
       }
     }
     return out;

@@ -41,7 +41,7 @@ export const sockets: Scenario = {
       let stopped = '';
       while (held.length < want && performance.now() < deadline) {
         const n = Math.min(batch, want - held.length);
-        const opened = await Promise.allSettled(Array.from({ length: n }, () => k.connect(OPEN_TIMEOUT_MS)));
+        const opened = await Promise.allSettled(Array.from({ length: n }, () => k.connect(OPEN_TIMEOUT_MS, false)));
         for (const r of opened) if (r.status === 'fulfilled') held.push(r.value);
         const refused = opened.find((r) => r.status === 'rejected');
         if (refused) {
