@@ -69,6 +69,8 @@ export interface StartRequest {
 /** A kernel that ran this long before dying resets the count of automatic restarts. */
 const STABLE_RUN_MS = 30_000;
 const TERMINATE_WAIT_MS = 2000;
+/** Fresh starts tried when a probed port was taken before the kernel could bind it. */
+const PORT_RACE_ATTEMPTS = 3;
 /** How often followed kernels are checked against the state dir. */
 const SYNC_INTERVAL_MS = 1000;
 const FOLLOW_TIMEOUT_MS = 10_000;
@@ -561,7 +563,7 @@ export class KernelManager {
    * kernel answers `kernel_info_request` and iopub flows, or it dies, or the
    * timeout passes.
    */
-  private async launch(k: ManagedKernel, timeoutMs: number, reuse: ConnectionInfo | undefined): Promise<void> {
+  private async launch(k: ManagedKernel, timeoutMs: number, reuse: ConnectionInfo | undefined, attempt = 1): Promise<void> {
     const generation = ++k.generation;
     const key = reuse?.key ?? randomBytes(32).toString('hex');
     k.startedAt = Date.now();
@@ -581,6 +583,14 @@ export class KernelManager {
       const tail = k.provisioner.diagnostics();
       await k.provisioner.kill(false).catch(() => undefined);
       await k.provisioner.cleanup(false).catch(() => undefined);
+      // Ports are probed free, then bound by the kernel: another process can take one in
+      // between. A fresh start then simply tries again with new ports.
+      if (exitedWhileStarting && !reuse && attempt < PORT_RACE_ATTEMPTS && /address already in use/i.test(tail)) {
+        this.o.log.warn({ kernel: k.id, attempt }, 'a kernel port was taken before the kernel bound it; starting again with new ports');
+        k.link?.close();
+        k.link = undefined;
+        return this.launch(k, timeoutMs, undefined, attempt + 1);
+      }
       const detail = `${e instanceof Error ? e.message : String(e)}${tail ? `; its stderr ends with: ${tail.slice(-1000)}` : ''}`;
       if (exitedWhileStarting) throw kernelStartFailed(`kernel ${k.name} failed to start: ${detail}`, e);
       throw kernelStartTimeout(`kernel ${k.name} did not answer within ${timeoutMs} ms: ${detail}`);

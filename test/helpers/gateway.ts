@@ -239,3 +239,26 @@ export function stdout(msgs: Msg[]): string {
     .map((m) => m.content['text'] as string)
     .join('');
 }
+
+/**
+ * Interrupts the request `msgId` until it is answered. ipykernel publishes
+ * execute_input just before it runs the cell, and an interrupt that lands in
+ * between is lost inside ipykernel; a user presses interrupt again, and so do
+ * the tests: again only after 2 s without a reply (at most 10 times), because a
+ * second SIGINT that lands while ipykernel is still handling the first can
+ * break the reply itself.
+ */
+export async function interruptUntilReplied(c: KernelClient, msgId: string, interrupt: () => Promise<Response>): Promise<Msg> {
+  const replied = c.reply(msgId);
+  let settled = false;
+  void replied.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
+  for (let i = 0; i < 10 && !settled; i++) {
+    const r = await interrupt();
+    if (r.status !== 204) throw new Error(`interrupt answered ${r.status}`);
+    await Promise.race([replied, new Promise((res) => setTimeout(res, 2000))]);
+  }
+  return replied;
+}

@@ -33,7 +33,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KernelClient, encodeJson, makeRequest, startGateway, stdout, type TestGateway } from '../helpers/gateway.js';
+import { KernelClient, encodeJson, interruptUntilReplied, makeRequest, startGateway, stdout, type TestGateway } from '../helpers/gateway.js';
 import { startJupyterServer, type JupyterServer } from '../helpers/jupyter-server.js';
 import { processesMatching } from '../helpers/procs.js';
 
@@ -273,9 +273,7 @@ describe('jupyter server --gateway-url pointed at kgate', () => {
     it('interrupts a busy kernel through the notebook server', async () => {
       const id = c.execute('while True: pass');
       await c.next((m) => m.parent_header.msg_id === id && m.header.msg_type === 'execute_input');
-      const r = await nb.api(`api/kernels/${kernelId}/interrupt`, { method: 'POST' });
-      expect(r.status).toBe(204);
-      const reply = await c.reply(id);
+      const reply = await interruptUntilReplied(c, id, () => nb.api(`api/kernels/${kernelId}/interrupt`, { method: 'POST' }));
       expect(reply.content['status']).toBe('error');
       expect(reply.content['ename']).toBe('KeyboardInterrupt');
       // After an error, ipykernel aborts requests that come in while it flushes its queue (stop_on_error).

@@ -7,7 +7,7 @@ import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KernelClient, startGateway, stdout, type TestGateway } from '../helpers/gateway.js';
+import { interruptUntilReplied, KernelClient, startGateway, stdout, type TestGateway } from '../helpers/gateway.js';
 import { processesMatching } from '../helpers/procs.js';
 
 function pidOf(t: TestGateway, kernelId: string): number {
@@ -68,17 +68,7 @@ describe('interrupt and restart', () => {
     const c = await KernelClient.connect(t, id);
     const loop = c.execute('while True: pass');
     await c.next((m) => m.parent_header.msg_id === loop && m.header.msg_type === 'execute_input');
-    // ipykernel publishes execute_input just before it runs the cell, and a SIGINT that
-    // lands in between is lost inside ipykernel; a user presses interrupt again, and so do we.
-    const replied = c.reply(loop);
-    let settled = false;
-    void replied.finally(() => (settled = true));
-    for (let i = 0; i < 20 && !settled; i++) {
-      const r = await t.api(`api/kernels/${id}/interrupt`, { method: 'POST' });
-      expect(r.status).toBe(204);
-      await Promise.race([replied, new Promise((res) => setTimeout(res, 500))]);
-    }
-    const reply = await replied;
+    const reply = await interruptUntilReplied(c, loop, () => t.api(`api/kernels/${id}/interrupt`, { method: 'POST' }));
     expect(reply.content['status']).toBe('error');
     expect(reply.content['ename']).toBe('KeyboardInterrupt');
     // ipykernel aborts requests that arrive just after an error (stop_on_error) for a
@@ -98,8 +88,8 @@ describe('interrupt and restart', () => {
     const c = await KernelClient.connect(t, id);
     const loop = c.execute('import time\nwhile True: time.sleep(0.01)');
     await c.next((m) => m.parent_header.msg_id === loop && m.header.msg_type === 'execute_input');
-    expect((await t.api(`api/kernels/${id}/interrupt`, { method: 'POST' })).status).toBe(204);
-    expect((await c.reply(loop)).content['ename']).toBe('KeyboardInterrupt');
+    const reply = await interruptUntilReplied(c, loop, () => t.api(`api/kernels/${id}/interrupt`, { method: 'POST' }));
+    expect(reply.content['ename']).toBe('KeyboardInterrupt');
     c.close();
   });
 

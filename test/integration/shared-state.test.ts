@@ -9,7 +9,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { KernelClient, stdout, type TestGateway } from '../helpers/gateway.js';
+import { interruptUntilReplied, KernelClient, stdout, type TestGateway } from '../helpers/gateway.js';
 import { startKgate, type Running } from '../helpers/kgate-process.js';
 import { processesMatching } from '../helpers/procs.js';
 
@@ -68,14 +68,8 @@ describe('two gateway processes on one state dir', () => {
     // Interrupt through B a loop started through A.
     const loop = onA.execute('while True: pass');
     await onA.next((m) => m.parent_header.msg_id === loop && m.header.msg_type === 'execute_input');
-    const replied = onA.reply(loop);
-    let done = false;
-    void replied.finally(() => (done = true));
-    for (let i = 0; i < 20 && !done; i++) {
-      expect((await b.t.api(`api/kernels/${id}/interrupt`, { method: 'POST' })).status).toBe(204);
-      await Promise.race([replied, new Promise((res) => setTimeout(res, 500))]);
-    }
-    expect((await replied).content['ename']).toBe('KeyboardInterrupt');
+    const interrupted = await interruptUntilReplied(onA, loop, () => b.t.api(`api/kernels/${id}/interrupt`, { method: 'POST' }));
+    expect(interrupted.content['ename']).toBe('KeyboardInterrupt');
 
     // Restart through B: a new process, a fresh namespace, both sockets keep working.
     const before = pidsOf(id);
