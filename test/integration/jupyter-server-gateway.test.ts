@@ -271,8 +271,8 @@ describe('jupyter server --gateway-url pointed at kgate', () => {
     });
 
     it('interrupts a busy kernel through the notebook server', async () => {
-      const id = c.execute('while True: pass');
-      await c.next((m) => m.parent_header.msg_id === id && m.header.msg_type === 'execute_input');
+      const id = c.execute("print('looping', flush=True)\nwhile True: pass");
+      await c.next((m) => m.parent_header.msg_id === id && m.header.msg_type === 'stream');
       const reply = await interruptUntilReplied(c, id, () => nb.api(`api/kernels/${kernelId}/interrupt`, { method: 'POST' }));
       expect(reply.content['status']).toBe('error');
       expect(reply.content['ename']).toBe('KeyboardInterrupt');

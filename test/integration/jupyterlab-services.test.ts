@@ -166,11 +166,11 @@ describe('KernelManager and a kernel connection', () => {
 
   it('interrupts a busy kernel: the reply is a KeyboardInterrupt error, and the kernel carries on', async () => {
     const iopub: KernelMessage.IIOPubMessage[] = [];
-    const future = kernel.requestExecute({ code: 'while True: pass', stop_on_error: false });
+    const future = kernel.requestExecute({ code: "print('looping', flush=True)\nwhile True: pass", stop_on_error: false });
     future.onIOPub = (msg) => {
       iopub.push(msg);
     };
-    await until(() => iopub.some(KernelMessage.isExecuteInputMsg) && kernel.status === 'busy', 'the loop to start');
+    await until(() => iopub.some(KernelMessage.isStreamMsg) && kernel.status === 'busy', 'the loop to start');
     // An interrupt landing between execute_input and the loop's start is lost inside
     // ipykernel; the user presses interrupt again after 2 s without a reply (at most 10 times).
     let done = false;

@@ -66,8 +66,8 @@ describe('two gateway processes on one state dir', () => {
     expect(stdout(onA.outputs(viaB))).toBe('from b 42\n');
 
     // Interrupt through B a loop started through A.
-    const loop = onA.execute('while True: pass');
-    await onA.next((m) => m.parent_header.msg_id === loop && m.header.msg_type === 'execute_input');
+    const loop = onA.execute("print('looping', flush=True)\nwhile True: pass");
+    await onA.next((m) => m.parent_header.msg_id === loop && m.header.msg_type === 'stream');
     const interrupted = await interruptUntilReplied(onA, loop, () => b.t.api(`api/kernels/${id}/interrupt`, { method: 'POST' }));
     expect(interrupted.content['ename']).toBe('KeyboardInterrupt');
 
