@@ -10,7 +10,7 @@
  * see the same iopub, so the decision is taken once per kernel message.
  */
 import { scanTopLevel } from './json-scan.js';
-import type { WireMessage } from './wire.js';
+import { messageBytes, type WireMessage } from './wire.js';
 
 export interface RateLimits {
   /** Messages per second; 0 turns the message limit off. */
@@ -74,7 +74,7 @@ export class IopubRateLimiter {
       this.head = 0;
     }
 
-    const size = type === 'stream' ? streamBytes(m) : 0;
+    const size = type === 'stream' ? messageBytes(m) : 0;
     const { msgsPerSec, bytesPerSec, windowSec } = this.limits;
     const msgRate = (this.msgCount + 1) / windowSec;
     const dataRate = (this.byteCount + size) / windowSec;
@@ -131,10 +131,4 @@ export class IopubRateLimiter {
     this.msgsExceeded = false;
     this.dataExceeded = false;
   }
-}
-
-function streamBytes(m: WireMessage): number {
-  let n = m.header.length + m.parent.length + m.metadata.length + m.content.length;
-  for (const b of m.buffers) n += b.length;
-  return n;
 }

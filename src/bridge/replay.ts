@@ -6,7 +6,7 @@
  * the kept messages are dropped and, on reconnect, the client is told plainly
  * that output was lost. (jupyter_server keeps such a buffer without bound.)
  */
-import type { Channel, MessageParts } from './wire.js';
+import { messageBytes, type Channel, type MessageParts } from './wire.js';
 
 export interface ReplayLimits {
   /** Bytes kept per disconnected session; 0 turns replay off. */
@@ -98,8 +98,7 @@ export class ReplayStore {
 
   private keep(key: string, channel: Channel, m: MessageParts): void {
     const p = this.parked.get(key)!;
-    let size = m.header.length + m.parent.length + m.metadata.length + m.content.length;
-    for (const b of m.buffers) size += b.length;
+    const size = messageBytes(m);
     if (p.bytes + size > this.limits.maxBytes) {
       this.giveUp(key, m.parent);
       return;

@@ -103,3 +103,10 @@ export function toWire(identity: Buffer, signer: Signer, p: MessageParts): Buffe
 export function isInputChannel(s: string): s is InputChannel {
   return s === 'shell' || s === 'control' || s === 'stdin';
 }
+
+/** The bytes a message carries: its four JSON parts and its buffers. */
+export function messageBytes(m: MessageParts): number {
+  let n = m.header.length + m.parent.length + m.metadata.length + m.content.length;
+  for (const b of m.buffers) n += b.length;
+  return n;
+}

@@ -20,6 +20,7 @@ import {
   userKernelLimit,
   kernelDead,
 } from '../errors.js';
+import { isProcessAlive } from '../provisioner/process-alive.js';
 import type { ConnectionInfo, KernelSpec, Provisioner } from '../provisioner/types.js';
 import { sanitizeEnv, type EnvPolicy } from './env.js';
 import type { KernelSpecStore } from './kernelspecs.js';
@@ -76,15 +77,6 @@ const SYNC_INTERVAL_MS = 1000;
 const FOLLOW_TIMEOUT_MS = 10_000;
 /** How long restarting a followed kernel waits for its owner to bring it back. */
 const FOLLOWER_RESTART_WAIT_MS = 60_000;
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 export class ManagedKernel {
   phase: KernelPhase = 'starting';
@@ -256,7 +248,7 @@ export class KernelManager {
         k.recordedInfo = info;
         await k.provisioner.loadInfo(r.provisioner);
       }
-      if (r.gateway.instance !== state.instance && !processAlive(r.gateway.pid)) {
+      if (r.gateway.instance !== state.instance && !isProcessAlive(r.gateway.pid)) {
         k.follower = false;
         await this.persist(k);
         this.watch(k, ++k.generation, k.conn!);

@@ -8,6 +8,7 @@ import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { kernelStartFailed } from '../errors.js';
+import { isProcessAlive } from './process-alive.js';
 import type { ConnectionInfo, LaunchRequest, Provisioner, ProvisionerFactory, ProvisionerInfo } from './types.js';
 
 export interface LocalProvisionerConfig {
@@ -51,15 +52,6 @@ function commandLineHas(pid: number, needle: string): boolean {
   } catch (e) {
     // No /proc (not Linux): fall back to the pid alone.
     return (e as NodeJS.ErrnoException).code !== 'ENOENT' || !existsSync('/proc/self');
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
@@ -134,7 +126,7 @@ export class LocalProvisioner implements Provisioner {
   async poll(): Promise<number | undefined> {
     if (this.child) return this.exitCode;
     if (this.pid === undefined) return -1;
-    return isAlive(this.pid) ? undefined : -1;
+    return isProcessAlive(this.pid) ? undefined : -1;
   }
 
   exited(): Promise<number> {
@@ -212,7 +204,7 @@ export class LocalProvisioner implements Provisioner {
     // An adopted kernel is not our child: its end is seen by polling.
     this.exitPromise = new Promise<number>((resolve) => {
       const t = setInterval(() => {
-        if (!isAlive(pid)) {
+        if (!isProcessAlive(pid)) {
           clearInterval(t);
           this.exitCode = -1;
           resolve(-1);
