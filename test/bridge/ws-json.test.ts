@@ -4,22 +4,11 @@ import { describe, expect, it } from 'vitest';
 import { FrameError, type ClientMessage } from '../../src/bridge/client-message.js';
 import { decodeJsonFrame, encodeJsonFrame, JsonScanError } from '../../src/bridge/ws-json.js';
 import type { MessageParts } from '../../src/bridge/wire.js';
-import { WsClose } from '../../src/errors.js';
 import { jsonBinaryEncode, v1Encode } from './client-codec.js';
+import { expectFrameError } from './expect-frame-error.js';
 
 const b = (s: string): Buffer => Buffer.from(s, 'utf8');
 const bytes = (...xs: number[]): Buffer => Buffer.from(xs);
-
-function expectFrameError(f: () => unknown): void {
-  let thrown: unknown;
-  try {
-    f();
-  } catch (e) {
-    thrown = e;
-  }
-  expect(thrown, 'expected a FrameError').toBeInstanceOf(FrameError);
-  expect((thrown as FrameError).closeCode).toBe(WsClose.InvalidFrame);
-}
 
 describe('decodeJsonFrame: text frames', () => {
   it('splits {header, parent_header, metadata, content, buffers, channel} into the raw member bytes', () => {

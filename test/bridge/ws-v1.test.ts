@@ -4,25 +4,14 @@ import { describe, expect, it } from 'vitest';
 import { FrameError, type ClientMessage } from '../../src/bridge/client-message.js';
 import { decodeV1Frame, encodeV1Frame, V1_PROTOCOL } from '../../src/bridge/ws-v1.js';
 import type { MessageParts } from '../../src/bridge/wire.js';
-import { WsClose } from '../../src/errors.js';
 import { jsonBinaryEncode, v1Encode } from './client-codec.js';
+import { expectFrameError } from './expect-frame-error.js';
 
 const b = (s: string): Buffer => Buffer.from(s, 'utf8');
 const bytes = (...xs: number[]): Buffer => Buffer.from(xs);
 /** A little-endian uint64 written out byte by byte (values below 2^32). */
 const u64 = (v: number): number[] => [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff, 0, 0, 0, 0];
 const table = (...vs: number[]): Buffer => Buffer.from(vs.flatMap(u64));
-
-function expectFrameError(f: () => unknown): void {
-  let thrown: unknown;
-  try {
-    f();
-  } catch (e) {
-    thrown = e;
-  }
-  expect(thrown, 'expected a FrameError').toBeInstanceOf(FrameError);
-  expect((thrown as FrameError).closeCode).toBe(WsClose.InvalidFrame);
-}
 
 describe('V1_PROTOCOL', () => {
   it('is the subprotocol name JupyterLab offers', () => {

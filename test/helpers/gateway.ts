@@ -8,27 +8,28 @@ import { loadConfig } from '../../src/config.js';
 import { createGateway, type Gateway } from '../../src/gateway/app.js';
 import { createLogger } from '../../src/log.js';
 
-export interface TestGateway {
-  gw: Gateway;
+/** What a test needs to talk to a gateway: its URLs, token, REST and kernel start. */
+export interface GatewayClient {
   url: string;
   wsUrl: string;
   token: string;
   api(path: string, init?: RequestInit & { json?: unknown }): Promise<Response>;
   startKernel(name?: string, env?: Record<string, string>): Promise<string>;
+}
+
+/** A gateway running in this process. */
+export interface TestGateway extends GatewayClient {
+  gw: Gateway;
   close(): Promise<void>;
 }
 
 export const TOKEN = 'test-token-0123456789';
 
-export async function startGateway(extraArgs: string[] = []): Promise<TestGateway> {
-  const config = loadConfig(['--port', '0', '--auth-token', TOKEN, ...extraArgs], {});
-  const gw = await createGateway(config, createLogger(process.env['KGATE_TEST_LOG'] ? 'debug' : 'silent'));
-  const { port } = await gw.listen();
-  // Under the gateway's --base-url, so `api('api/kernels')` and `wsUrl` follow it.
-  const url = `http://127.0.0.1:${port}${gw.ctx.baseUrl}`;
+/** A client of the gateway at `url` (its base URL included) with `token`. */
+export function gatewayClient(url: string, token: string): GatewayClient {
   const api = (path: string, init: RequestInit & { json?: unknown } = {}): Promise<Response> => {
     const headers = new Headers(init.headers);
-    if (!headers.has('Authorization')) headers.set('Authorization', `token ${TOKEN}`);
+    if (!headers.has('Authorization')) headers.set('Authorization', `token ${token}`);
     let body = init.body;
     if (init.json !== undefined) {
       body = JSON.stringify(init.json);
@@ -37,18 +38,24 @@ export async function startGateway(extraArgs: string[] = []): Promise<TestGatewa
     return fetch(new URL(path, url), { ...init, headers, body });
   };
   return {
-    gw,
     url,
-    wsUrl: `ws://127.0.0.1:${port}${gw.ctx.baseUrl}`,
-    token: TOKEN,
+    wsUrl: url.replace(/^http/, 'ws'),
+    token,
     api,
     async startKernel(name = 'python3', env = {}) {
       const r = await api('api/kernels', { method: 'POST', json: { name, env } });
       if (r.status !== 201) throw new Error(`start failed: ${r.status} ${await r.text()}`);
       return ((await r.json()) as { id: string }).id;
     },
-    close: () => gw.close(),
   };
+}
+
+export async function startGateway(extraArgs: string[] = []): Promise<TestGateway> {
+  const config = loadConfig(['--port', '0', '--auth-token', TOKEN, ...extraArgs], {});
+  const gw = await createGateway(config, createLogger(process.env['KGATE_TEST_LOG'] ? 'debug' : 'silent'));
+  const { port } = await gw.listen();
+  // Under the gateway's --base-url, so `api('api/kernels')` and `wsUrl` follow it.
+  return { gw, ...gatewayClient(`http://127.0.0.1:${port}${gw.ctx.baseUrl}`, TOKEN), close: () => gw.close() };
 }
 
 export interface Msg {
@@ -164,7 +171,7 @@ export class KernelClient {
     });
   }
 
-  static async connect(t: TestGateway, kernelId: string, opts: { protocol?: 'json' | 'v1'; session?: string } = {}): Promise<KernelClient> {
+  static async connect(t: GatewayClient, kernelId: string, opts: { protocol?: 'json' | 'v1'; session?: string } = {}): Promise<KernelClient> {
     const protocol = opts.protocol ?? 'json';
     const session = opts.session ?? randomUUID();
     const ws = new WebSocket(`${t.wsUrl}api/kernels/${kernelId}/channels?session_id=${session}&token=${t.token}`, protocol === 'v1' ? ['v1.kernel.websocket.jupyter.org'] : []);

@@ -10,7 +10,7 @@ import { existsSync, mkdtempSync, readdirSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { KernelClient, stdout, type TestGateway } from '../helpers/gateway.js';
+import { gatewayClient, KernelClient, stdout, type GatewayClient } from '../helpers/gateway.js';
 import { startKgate, type Running } from '../helpers/kgate-process.js';
 import { processesMatching } from '../helpers/procs.js';
 
@@ -25,28 +25,15 @@ afterAll(async () => {
   for (const pid of processesMatching(runtimeDir)) process.kill(pid, 'SIGKILL');
 });
 
-async function kgate(extra: string[] = []): Promise<Running & { t: TestGateway }> {
+async function kgate(extra: string[] = []): Promise<Running & { t: GatewayClient }> {
   const k = await startKgate(['--port', '0', '--auth-token', TOKEN, '--state-dir', stateDir, '--runtime-dir', runtimeDir, ...extra]);
   running.push(k);
-  const api = (path: string, init: RequestInit & { json?: unknown } = {}): Promise<Response> =>
-    fetch(new URL(path, k.url), { ...init, headers: { Authorization: `token ${TOKEN}`, 'Content-Type': 'application/json' }, body: init.json === undefined ? init.body : JSON.stringify(init.json) });
-  const t = {
-    url: k.url,
-    wsUrl: k.url.replace('http', 'ws'),
-    token: TOKEN,
-    api,
-    async startKernel(name = 'python3') {
-      const r = await api('api/kernels', { method: 'POST', json: { name } });
-      if (r.status !== 201) throw new Error(`start failed: ${r.status}`);
-      return ((await r.json()) as { id: string }).id;
-    },
-  } as unknown as TestGateway;
-  return { ...k, t };
+  return { ...k, t: gatewayClient(k.url, TOKEN) };
 }
 
 const pidsOf = (id: string): number[] => processesMatching(`kernel-${id}.json`);
 
-async function ids(t: TestGateway): Promise<string[]> {
+async function ids(t: GatewayClient): Promise<string[]> {
   return ((await (await t.api('api/kernels')).json()) as Array<{ id: string }>).map((k) => k.id).sort();
 }
 

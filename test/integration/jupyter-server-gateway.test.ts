@@ -33,6 +33,8 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { isProcessAlive } from '../../src/provisioner/process-alive.js';
+import { until } from '../helpers/wait.js';
 import { KernelClient, encodeJson, interruptUntilReplied, makeRequest, startGateway, stdout, type TestGateway } from '../helpers/gateway.js';
 import { startJupyterServer, type JupyterServer } from '../helpers/jupyter-server.js';
 import { processesMatching } from '../helpers/procs.js';
@@ -53,23 +55,6 @@ const NB_ENV = {
   KGATE_E2E_NOT_ALLOWED: 'whitelisted by the notebook server only',
   NB_PRIVATE: 'the notebook server keeps this',
 };
-
-async function until(cond: () => boolean | Promise<boolean>, what: string, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** The kernel's pid as kgate's provisioner knows it. */
 function kgatePid(kernelId: string): number {
@@ -277,7 +262,7 @@ describe('jupyter server --gateway-url pointed at kgate', () => {
       expect(reply.content['status']).toBe('error');
       expect(reply.content['ename']).toBe('KeyboardInterrupt');
       // After an error, ipykernel aborts requests that come in while it flushes its queue (stop_on_error).
-      await until(async () => (await c.reply(c.execute('pass'))).content['status'] === 'ok', 'the kernel to take code again');
+      await until(async () => (await c.reply(c.execute('pass'))).content['status'] === 'ok', 'the kernel to take code again', 20_000);
     });
 
     it('restarts through the notebook server: a new process on kgate, same kernel id', async () => {
@@ -288,7 +273,7 @@ describe('jupyter server --gateway-url pointed at kgate', () => {
       expect(((await r.json()) as { id: string }).id).toBe(kernelId);
       const after = kgatePid(kernelId);
       expect(after).not.toBe(before);
-      await until(() => !alive(before), 'the old kernel process to exit');
+      await until(() => !isProcessAlive(before), 'the old kernel process to exit', 20_000);
       // The same client socket reaches the new process.
       expect(await run(c, 'import os\nprint("kept" in globals(), os.getpid())')).toBe(`False ${after}\n`);
     });
@@ -300,7 +285,7 @@ describe('jupyter server --gateway-url pointed at kgate', () => {
       expect((await t.api(`api/kernels/${kernelId}`)).status).toBe(404);
       const listed = (await (await nb.api('api/kernels')).json()) as Array<{ id: string }>;
       expect(listed.map((k) => k.id)).not.toContain(kernelId);
-      await until(() => !alive(pid), 'the kernel process to exit');
+      await until(() => !isProcessAlive(pid), 'the kernel process to exit', 20_000);
       expect(processesMatching(kernelId)).toEqual([]);
     });
   });

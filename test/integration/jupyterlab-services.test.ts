@@ -14,6 +14,7 @@ import {
 } from '@jupyterlab/services';
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { until } from '../helpers/wait.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 
 const V1 = 'v1.kernel.websocket.jupyter.org';
@@ -33,15 +34,6 @@ let kernelManager: KernelManager;
 let sessionManager: SessionManager;
 let specManager: KernelSpecManager;
 const warnings: string[] = [];
-
-/** Resolves once `cond()` holds, polling; fails with `what` after the timeout. */
-async function until(cond: () => boolean, what: string, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 /** Runs `code` through the library and returns the reply and every iopub message of the request. */
 async function execute(kernel: Kernel.IKernelConnection, code: string): Promise<{ reply: KernelMessage.IExecuteReplyMsg; iopub: KernelMessage.IIOPubMessage[] }> {
@@ -139,7 +131,7 @@ describe('KernelManager and a kernel connection', () => {
     expect(reply.content.status).toBe('ok');
     expect(stdoutOf(iopub)).toBe('42\n');
     expect(kernel.connectionStatus).toBe('connected');
-    await until(() => kernel.status === 'idle', 'the kernel status to be idle');
+    await until(() => kernel.status === 'idle', 'the kernel status to be idle', 30_000, 20);
 
     const second = await execute(kernel, '1+1');
     expect(second.reply.content.status).toBe('ok');
@@ -170,7 +162,7 @@ describe('KernelManager and a kernel connection', () => {
     future.onIOPub = (msg) => {
       iopub.push(msg);
     };
-    await until(() => iopub.some(KernelMessage.isStreamMsg) && kernel.status === 'busy', 'the loop to start');
+    await until(() => iopub.some(KernelMessage.isStreamMsg) && kernel.status === 'busy', 'the loop to start', 30_000, 20);
     // An interrupt landing between execute_input and the loop's start is lost inside
     // ipykernel; the user presses interrupt again after 2 s without a reply (at most 10 times).
     let done = false;
@@ -221,7 +213,7 @@ describe('KernelManager and a kernel connection', () => {
     // A new kernel process, not the old one with a cleared namespace.
     expect(pidAfter).toMatch(/^\d+$/);
     expect(pidAfter).not.toBe(pidBefore);
-    await until(() => kernel.status === 'idle', 'the kernel status to be idle after the restart');
+    await until(() => kernel.status === 'idle', 'the kernel status to be idle after the restart', 30_000, 20);
     expect(await kernelIdsOnServer()).toContain(id);
     // The socket the library dropped for the restart is gone from kgate's count.
     let connections = -1;
@@ -244,8 +236,8 @@ describe('KernelManager and a kernel connection', () => {
     const dying = kernel.requestExecute({ code: 'import os; os._exit(1)' });
     dying.done.catch(() => undefined);
     // kgate's own status message ('restarting') makes the library reconnect.
-    await until(() => statuses.includes('autorestarting'), 'the library to see the automatic restart');
-    await until(() => kernel.connectionStatus === 'connected' && kernel.status === 'idle', 'the kernel to come back', 30_000);
+    await until(() => statuses.includes('autorestarting'), 'the library to see the automatic restart', 30_000, 20);
+    await until(() => kernel.connectionStatus === 'connected' && kernel.status === 'idle', 'the kernel to come back', 30_000, 20);
     kernel.statusChanged.disconnect(onStatus);
     const after = await execute(kernel, 'import os\nprint(os.getpid())\nprint("kgate_y" in dir())');
     expect(after.reply.content.status).toBe('ok');

@@ -7,6 +7,8 @@ import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { isProcessAlive } from '../../src/provisioner/process-alive.js';
+import { until } from '../helpers/wait.js';
 import { interruptUntilReplied, KernelClient, startGateway, stdout, type TestGateway } from '../helpers/gateway.js';
 import { processesMatching } from '../helpers/procs.js';
 
@@ -14,23 +16,6 @@ function pidOf(t: TestGateway, kernelId: string): number {
   const pid = t.gw.ctx.kernels.get(kernelId).provisioner.getInfo()['pid'];
   if (typeof pid !== 'number') throw new Error('no pid');
   return pid;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function until(pred: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await pred())) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** Kernelspecs that cannot start, in a directory of their own. */
@@ -101,7 +86,7 @@ describe('interrupt and restart', () => {
     const c = await KernelClient.connect(t, id);
     await c.reply(c.execute('1'));
     const restarting = t.api(`api/kernels/${id}/restart`, { method: 'POST' });
-    await until(() => t.gw.ctx.kernels.get(id).phase === 'restarting');
+    await until(() => t.gw.ctx.kernels.get(id).phase === 'restarting', 'the kernel to be restarting', 20_000);
     const during = c.execute('print("sent while restarting")');
     expect((await restarting).status).toBe(200);
     await c.reply(during);
@@ -118,7 +103,7 @@ describe('interrupt and restart', () => {
     expect(r.status).toBe(200);
     expect(((await r.json()) as { id: string }).id).toBe(id);
     expect(pidOf(t, id)).not.toBe(before);
-    expect(alive(before)).toBe(false);
+    expect(isProcessAlive(before)).toBe(false);
     // No error here: after an error ipykernel aborts requests for a moment (stop_on_error).
     const probe = c.execute("print('x' in globals())");
     await c.reply(probe);
@@ -139,7 +124,7 @@ describe('a kernel that dies', () => {
     process.kill(first, 'SIGKILL');
     const restarting = await c.next((m) => m.header.msg_type === 'status' && m.content['execution_state'] === 'restarting');
     expect(restarting.channel).toBe('iopub');
-    await until(() => t.gw.ctx.kernels.has(id) && t.gw.ctx.kernels.get(id).phase === 'running');
+    await until(() => t.gw.ctx.kernels.has(id) && t.gw.ctx.kernels.get(id).phase === 'running', 'the kernel to run again', 20_000);
     expect(pidOf(t, id)).not.toBe(first);
     const probe = c.execute('print("back")');
     await c.reply(probe);
@@ -163,8 +148,8 @@ describe('a kernel that hangs', () => {
     const hung = pidOf(t, id);
     process.kill(hung, 'SIGSTOP');
     await c.next((m) => m.header.msg_type === 'status' && m.content['execution_state'] === 'restarting', 15_000);
-    await until(() => t.gw.ctx.kernels.get(id).phase === 'running');
-    expect(alive(hung)).toBe(false);
+    await until(() => t.gw.ctx.kernels.get(id).phase === 'running', 'the kernel to run again', 20_000);
+    expect(isProcessAlive(hung)).toBe(false);
     const probe = c.execute('print("unstuck")');
     await c.reply(probe);
     expect(stdout(c.outputs(probe))).toBe('unstuck\n');
@@ -200,6 +185,6 @@ describe('kernels that cannot start', () => {
     const list = (await (await t.api('api/kernels')).json()) as Array<{ name: string }>;
     expect(list.some((k) => k.name === 'never-answers')).toBe(false);
     // The process that never answered is gone too.
-    await until(() => processesMatching('time.sleep(600)').length === 0, 5000);
+    await until(() => processesMatching('time.sleep(600)').length === 0, 'the hung kernel to be killed', 5000);
   });
 });

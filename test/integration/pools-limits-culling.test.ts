@@ -4,19 +4,12 @@
  * race, all with real ipykernels.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { until } from '../helpers/wait.js';
 import { KernelClient, startGateway, stdout, type TestGateway } from '../helpers/gateway.js';
 
 /** Seconds the kernel process has been running, read by the kernel from /proc. */
 const AGE_CODE =
   "import os\nst = int(open('/proc/self/stat').read().rsplit(')', 1)[1].split()[19])\nprint(float(open('/proc/uptime').read().split()[0]) - st / os.sysconf('SC_CLK_TCK'))";
-
-async function until(cond: () => Promise<boolean> | boolean, what: string, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 async function run(t: TestGateway, id: string, code: string): Promise<string> {
   const c = await KernelClient.connect(t, id);
@@ -99,7 +92,7 @@ describe('warm pool', () => {
 
   beforeAll(async () => {
     t = await startGateway(['--pool', 'python3=2', '--max-kernels', '3']);
-    await until(async () => (await pools()).ready === 2, 'the pool to fill');
+    await until(async () => (await pools()).ready === 2, 'the pool to fill', 30_000, 100);
   });
   afterAll(async () => {
     await t.close();
@@ -115,7 +108,7 @@ describe('warm pool', () => {
     const age = Number(await run(t, id, AGE_CODE));
     expect(age).toBeGreaterThan((Date.now() - t0) / 1000);
     expect(await listed(t)).toEqual([id]);
-    await until(async () => (await pools()).ready === 2, 'the pool to refill');
+    await until(async () => (await pools()).ready === 2, 'the pool to refill', 30_000, 100);
   });
 
   it('starts cold a request whose env the pooled kernel lacks, and the kernel has it', async () => {
@@ -143,7 +136,7 @@ describe('idle culling', () => {
     const c = await KernelClient.connect(t, connected);
     const b = await KernelClient.connect(t, busy);
     const sleeping = b.execute('import time; time.sleep(5)');
-    await until(async () => !(await listed(t)).includes(idle), 'the idle kernel to be culled', 10_000);
+    await until(async () => !(await listed(t)).includes(idle), 'the idle kernel to be culled', 10_000, 100);
     // Well past the timeout, the connected and the busy kernel are still there.
     await new Promise((r) => setTimeout(r, 1500));
     expect((await listed(t)).sort()).toEqual([connected, busy].sort());
@@ -154,7 +147,7 @@ describe('idle culling', () => {
     c.close();
     b.close();
     // Without clients, both go once idle for the timeout; a closing client told why is covered below.
-    await until(async () => (await listed(t)).length === 0, 'both kernels to be culled once their clients left', 15_000);
+    await until(async () => (await listed(t)).length === 0, 'both kernels to be culled once their clients left', 15_000, 100);
   });
 });
 

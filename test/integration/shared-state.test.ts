@@ -9,7 +9,8 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { interruptUntilReplied, KernelClient, stdout, type TestGateway } from '../helpers/gateway.js';
+import { until } from '../helpers/wait.js';
+import { gatewayClient, interruptUntilReplied, KernelClient, stdout, type GatewayClient } from '../helpers/gateway.js';
 import { startKgate, type Running } from '../helpers/kgate-process.js';
 import { processesMatching } from '../helpers/procs.js';
 
@@ -22,19 +23,10 @@ afterAll(async () => {
   for (const pid of processesMatching(dir)) process.kill(pid, 'SIGKILL');
 });
 
-async function kgate(): Promise<Running & { t: TestGateway }> {
+async function kgate(): Promise<Running & { t: GatewayClient }> {
   const k = await startKgate(['--port', '0', '--auth-token', TOKEN, '--state-dir', join(dir, 'state'), '--runtime-dir', join(dir, 'runtime')]);
   running.push(k);
-  const api = (path: string, init: RequestInit = {}): Promise<Response> => fetch(new URL(path, k.url), { ...init, headers: { Authorization: `token ${TOKEN}` } });
-  return { ...k, t: { url: k.url, wsUrl: k.url.replace('http', 'ws'), token: TOKEN, api } as unknown as TestGateway };
-}
-
-async function until(cond: () => Promise<boolean> | boolean, what: string, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  return { ...k, t: gatewayClient(k.url, TOKEN) };
 }
 
 const pidsOf = (id: string): number[] => processesMatching(`kernel-${id}.json`);
@@ -97,12 +89,12 @@ describe('two gateway processes on one state dir', () => {
       } catch {
         return false;
       }
-    }, 'the kernel back after the crash, restarted by B');
+    }, 'the kernel back after the crash, restarted by B', 30_000, 100);
 
     // Shut down through B: gone everywhere, no process left.
     expect((await b.t.api(`api/kernels/${id}`, { method: 'DELETE' })).status).toBe(204);
     expect((await b.t.api(`api/kernels/${id}`)).status).toBe(404);
-    await until(() => pidsOf(id).length === 0, 'the kernel process to end');
+    await until(() => pidsOf(id).length === 0, 'the kernel process to end', 30_000, 100);
     onB.close();
     b.child.kill('SIGTERM');
     await b.exited;
