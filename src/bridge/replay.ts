@@ -42,6 +42,8 @@ export class ReplayStore {
   private readonly parked = new Map<string, Parked>();
   private readonly lost = new Map<string, LostMarker>();
   private iopubSeq = 0;
+  /** The request the latest iopub message answered: where to show a loss nothing was kept of. */
+  private lastParent: Buffer | undefined;
 
   constructor(readonly limits: ReplayLimits) {}
 
@@ -65,6 +67,7 @@ export class ReplayStore {
   /** An iopub message: every parked session gets it. */
   iopub(m: MessageParts): void {
     this.iopubSeq++;
+    this.lastParent = m.parent;
     if (this.parked.size === 0) return;
     for (const key of this.parked.keys()) this.keep(key, 'iopub', m);
   }
@@ -87,7 +90,9 @@ export class ReplayStore {
     const marker = this.lost.get(key);
     if (!marker) return undefined;
     this.lost.delete(key);
-    return marker.dropped || this.iopubSeq > marker.iopubSeq ? { lost: { parent: marker.parent } } : undefined;
+    if (marker.dropped) return { lost: { parent: marker.parent } };
+    // Output came after the session was given up, and none of it was kept.
+    return this.iopubSeq > marker.iopubSeq ? { lost: { parent: this.lastParent } } : undefined;
   }
 
   clear(): void {

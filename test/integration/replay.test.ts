@@ -84,8 +84,10 @@ describe('replay on reconnect', () => {
     const t = await gateway(['--replay-seconds', '0.5']);
     const id = await t.startKernel();
     const session = randomUUID();
-    const sent = await executeAndLeave(await KernelClient.connect(t, id, { session }), "print('missed', flush=True)");
-    await new Promise((r) => setTimeout(r, 1500));
+    // The output comes a second after the socket closed, well past the 0.5 s bound,
+    // so it cannot reach the first socket nor be kept.
+    const sent = await executeAndLeave(await KernelClient.connect(t, id, { session }), "import time\ntime.sleep(1)\nprint('missed', flush=True)");
+    await new Promise((r) => setTimeout(r, 2500));
     const back = await KernelClient.connect(t, id, { session });
     const n = await back.next((m) => notice([m]) !== undefined);
     expect(n.parent_header.msg_id).toBe(sent);
