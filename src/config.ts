@@ -3,6 +3,7 @@
  * environment name, its help line and its schema, so `--help`, the parser and
  * the validation can never disagree.
  */
+import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -63,6 +64,12 @@ export const OPTIONS = {
     'token every request must carry (Authorization: token X, or ?token=X); a random one is made and printed when none is given; "" turns auth off',
     z.string().max(1024).optional(),
   ),
+  authTokenFile: opt(
+    'auth-token-file',
+    'string',
+    'read the token from this file (its first line) instead of --auth-token: a token on the command line or in the environment can be read by local kernels from /proc',
+    z.string().min(1).optional(),
+  ),
   allowUnauthenticated: opt('allow-unauthenticated', 'boolean', 'allow an empty --auth-token on an address other than loopback', bool.default(false)),
   defaultKernelName: opt('default-kernel-name', 'string', 'kernelspec used when a request names none (default python3, else the first)', z.string().regex(KERNEL_NAME, 'must be a kernelspec name ([A-Za-z0-9._-], at most 128)').optional()),
   kernelspecDir: opt('kernelspec-dir', 'string', 'an extra directory of kernelspecs, searched first (repeatable)', list.default([]), true),
@@ -77,6 +84,8 @@ export const OPTIONS = {
   maxMessageSize: opt('max-message-size', 'string', 'largest WebSocket message a client may send, in bytes (default 67108864); larger ones close the socket with 1009', bytes.default(64 * 1024 * 1024)),
   maxClientBuffer: opt('max-client-buffer', 'string', 'bytes a client may leave unread before its output (stream, display data) is dropped, with a notice once it catches up; at twice this it is closed with 4008 (default 16777216)', bytes.default(16 * 1024 * 1024)),
   maxQueued: opt('max-queued', 'string', 'messages per kernel channel held while the kernel (re)starts or is busy sending (default 10000)', z.coerce.number().int().min(1).max(1_000_000).default(10_000)),
+  maxClientInput: opt('max-client-input', 'string', "bytes of one client's messages kgate may hold for its kernel; past half of it kgate stops reading that socket until the kernel takes them, past all of it the socket is closed with 1013 (default 16777216)", bytes.default(16 * 1024 * 1024)),
+  maxKernelInput: opt('max-kernel-input', 'string', 'bytes kgate may hold per kernel channel (shell, control, stdin) for all its clients together, while the kernel starts or does not read; same policy as --max-client-input (default 67108864)', bytes.default(64 * 1024 * 1024)),
   iopubHwm: opt('iopub-hwm', 'string', "iopub messages per kernel the gateway may hold unread before the kernel starts dropping them (ZeroMQ high-water mark; bounds the gateway's memory per kernel at this many messages; default 200: 12.5 MiB of 64 KiB messages)", z.coerce.number().int().min(100).max(10_000_000).default(200)),
   iopubMsgRateLimit: opt('iopub-msg-rate-limit', 'string', "iopub messages per second before output is paused, as jupyter_server's limit (default 0: off; jupyter_server uses 1000)", z.coerce.number().min(0).default(0)),
   iopubDataRateLimit: opt('iopub-data-rate-limit', 'string', "stream bytes per second before output is paused, as jupyter_server's limit (default 0: off; jupyter_server uses 1000000)", z.coerce.number().min(0).default(0)),
@@ -84,6 +93,9 @@ export const OPTIONS = {
   wsDeflate: opt('ws-deflate', 'string', 'true or false: offer permessage-deflate on the channels WebSocket (default false: it costs CPU on every frame)', bool.default(false)),
   replayBytes: opt('replay-bytes', 'string', 'bytes of kernel output kept per disconnected client for its reconnect with the same session_id (default 16777216; 0: none)', z.coerce.number().int().min(0).max(2 ** 31).default(16 * 1024 * 1024)),
   replaySeconds: opt('replay-seconds', 'string', 'seconds output is kept for a disconnected client (default 120)', seconds.default(120)),
+  replaySessions: opt('replay-sessions', 'string', 'disconnected sessions whose output is kept, per kernel; the oldest is given up past this (default 64)', z.coerce.number().int().min(1).max(100_000).default(64)),
+  replayKernelBytes: opt('replay-kernel-bytes', 'string', 'bytes kept for all disconnected sessions of one kernel; the oldest session is given up past this (default 67108864)', bytes.default(64 * 1024 * 1024)),
+  replayTotalBytes: opt('replay-total-bytes', 'string', "bytes kept for disconnected sessions in the whole gateway; the oldest session of any kernel is given up past this (default 268435456)", bytes.default(256 * 1024 * 1024)),
   stateDir: opt('state-dir', 'string', 'directory where each kernel is recorded, so a gateway started after a crash (or a second one) adopts the kernels still running (default: none)', z.string().min(1).optional()),
   keepKernels: opt('keep-kernels', 'string', 'true or false: on SIGTERM/SIGINT leave the kernels running for the next gateway on the same --state-dir (default false)', bool.default(false)),
   maxKernels: opt('max-kernels', 'string', 'kernels that may run at once, starting ones included; more are refused with 403 KG_KERNEL_LIMIT (default 0: no limit)', z.coerce.number().int().min(0).default(0)),
@@ -93,10 +105,15 @@ export const OPTIONS = {
   cullInterval: opt('cull-interval', 'string', 'seconds between checks for idle kernels (default 300)', seconds.default(300)),
   cullConnected: opt('cull-connected', 'string', 'true or false: cull idle kernels that still have clients (default false)', bool.default(false)),
   cullBusy: opt('cull-busy', 'string', 'true or false: cull kernels that are busy (default false)', bool.default(false)),
+  checkOriginWithToken: opt('check-origin-with-token', 'string', "true or false: refuse a browser page's WebSocket whose Origin is not allowed (--allow-origin) even when it carries a valid token (default false, as jupyter_server: a page that holds the token is authorised)", bool.default(false)),
   allowOrigin: opt('allow-origin', 'string', 'browser origins (http://host:port) whose pages may call kgate, REST (CORS) and WebSocket alike; * for any (repeatable or comma list; default none: only non-browser clients and same-origin pages)', origins.default([]), true),
   frameAncestors: opt('frame-ancestors', 'string', "pages that may show kgate's responses in a frame: the Content-Security-Policy frame-ancestors sources (repeatable or comma list; default 'none')", frameAncestors.default(["'none'"]), true),
   demoPort: opt('demo-port', 'string', "also serve the demo page on this port of --ip, as a second origin that kgate allows (0 picks a free one; default off)", z.coerce.number().int().min(0).max(65535).optional()),
   envAllow: opt('env-allow', 'string', 'environment names beyond KERNEL_* that clients may pass to kernels (repeatable)', list.default([]), true),
+  requestTimeout: opt('request-timeout', 'string', 'seconds a client may take to send a whole request, headers and body; then the connection is closed (default 30)', seconds.default(30)),
+  headersTimeout: opt('headers-timeout', 'string', "seconds a client may take to send a request's headers (default 10)", seconds.default(10)),
+  keepAliveTimeout: opt('keep-alive-timeout', 'string', 'seconds an idle keep-alive connection is kept open (default 5)', seconds.default(5)),
+  maxRequestsPerSocket: opt('max-requests-per-socket', 'string', 'requests served on one keep-alive connection before it is closed (default 1000; 0: no limit)', z.coerce.number().int().min(0).max(1_000_000).default(1000)),
   logLevel: opt('log-level', 'string', 'fatal, error, warn, info, debug, trace or silent (default info)', z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info')),
 } as const;
 
@@ -131,10 +148,28 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   }
   if (problems.length > 0) throw new ConfigError(`invalid settings:\n  ${problems.join('\n  ')}`);
   const config = out as Config & { help: boolean; version: boolean };
+  if (config.authTokenFile !== undefined) {
+    if (config.authToken !== undefined) throw new ConfigError('give --auth-token or --auth-token-file, not both');
+    (config as { authToken: string | undefined }).authToken = readTokenFile(config.authTokenFile);
+  }
+  if (config.headersTimeout > config.requestTimeout) throw new ConfigError('--headers-timeout must not be longer than --request-timeout');
   if (config.authToken === '' && !isLoopback(config.ip) && !config.allowUnauthenticated) {
     throw new ConfigError(`refusing to serve ${config.ip} without a token: give --auth-token, or --allow-unauthenticated if something in front of kgate authenticates`);
   }
   return config;
+}
+
+function readTokenFile(path: string): string {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new ConfigError(`--auth-token-file: cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+  }
+  const token = (text.split(/\r?\n/, 1)[0] ?? '').trim();
+  if (token === '') throw new ConfigError(`--auth-token-file: ${path} holds no token on its first line`);
+  if (token.length > 1024) throw new ConfigError(`--auth-token-file: the token in ${path} is longer than 1024 characters`);
+  return token;
 }
 
 export function helpText(): string {

@@ -12,6 +12,8 @@ export const WsClose = {
   GoingAway: 1001,
   /** The client sent a frame kgate cannot decode (bad JSON, bad offsets table, unknown channel). */
   InvalidFrame: 1007,
+  /** The client broke a rule of the protocol that is not about one frame's bytes (too many fragments). */
+  PolicyViolation: 1008,
   /** The kernel died and could not be restarted, or an internal fault. */
   InternalError: 1011,
   /** The kernel is not accepting input fast enough; the client should retry later. */

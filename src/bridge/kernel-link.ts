@@ -45,6 +45,10 @@ export interface KernelLinkOptions {
   verifySignatures: boolean;
   /** Messages from clients held while the kernel (re)starts, and queued per socket. */
   maxQueued: number;
+  /** Bytes of client messages held per kernel channel (all its clients together) before ZeroMQ takes them. */
+  maxKernelInputBytes: number;
+  /** Bytes of one client's messages held before ZeroMQ takes them. */
+  maxClientInputBytes: number;
   /** jupyter_server's iopub rate limit; undefined leaves it off. */
   iopubRateLimit?: RateLimits | undefined;
   /** Messages the iopub SUB may hold before the kernel's PUB starts dropping (ZeroMQ RCVHWM). */
@@ -165,9 +169,23 @@ export class KernelLink {
       for (const [channel, m] of resumed.replay) client.deliver(channel, m, {});
       return;
     }
-    const { parts } = makeMessage('stream', { name: 'stderr', text: lostOutputNotice(this.replay.limits) }, this.session);
+    const { parts } = makeMessage('stream', { name: 'stderr', text: resumed.lost.text ?? lostOutputNotice(this.replay.limits) }, this.session);
     if (resumed.lost.parent) parts.parent = resumed.lost.parent;
     client.deliver('iopub', parts, {});
+  }
+
+  /**
+   * Sessions whose output was lost while no gateway held the link (this
+   * kernel was adopted after the previous gateway died): each is told `text`
+   * on stderr when it reconnects.
+   */
+  markSessionsLost(identityKeys: readonly string[], text: string): void {
+    this.replay.markLost(identityKeys, text);
+  }
+
+  /** The identity keys of the sessions attached now, or parked for their reconnect. */
+  sessionKeys(): string[] {
+    return [...new Set([...this.clients.keys(), ...this.replay.parkedKeys()])];
   }
 
   /** A message a closing client could not take: it goes to the session's replay buffer. */

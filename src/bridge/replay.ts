@@ -15,6 +15,19 @@ export interface ReplayLimits {
   maxMs: number;
   /** Disconnected sessions kept per kernel; the oldest is given up past this. */
   maxSessions: number;
+  /** Bytes kept for all disconnected sessions of one kernel; the oldest session is given up past this. */
+  maxKernelBytes: number;
+  /** What every kernel's replay of the gateway draws on: one per gateway process. */
+  budget: ReplayBudget;
+}
+
+/**
+ * The gateway-wide bound on replay (`--replay-total-bytes`): every kernel's
+ * ReplayStore draws on one budget, and past it the oldest disconnected
+ * session of any kernel is given up first.
+ */
+export class ReplayBudget {
+  constructor(readonly maxBytes: number) {}
 }
 
 /** Sessions given up (their messages dropped) remembered so a late reconnect is told. */
@@ -33,10 +46,12 @@ interface LostMarker {
   dropped: boolean;
   /** The request the last dropped output answered, so the notice shows on that cell. */
   parent: Buffer | undefined;
+  /** A notice of its own (output lost while no gateway held the link), instead of the bound's. */
+  text?: string | undefined;
 }
 
 /** What a reconnecting session gets: messages to replay, or a notice that output was lost. */
-export type Resumption = { replay: Array<[Channel, MessageParts]> } | { lost: { parent: Buffer | undefined } } | undefined;
+export type Resumption = { replay: Array<[Channel, MessageParts]> } | { lost: { parent: Buffer | undefined; text?: string | undefined } } | undefined;
 
 export class ReplayStore {
   private readonly parked = new Map<string, Parked>();
@@ -90,9 +105,24 @@ export class ReplayStore {
     const marker = this.lost.get(key);
     if (!marker) return undefined;
     this.lost.delete(key);
+    if (marker.text !== undefined) return { lost: { parent: marker.parent, text: marker.text } };
     if (marker.dropped) return { lost: { parent: marker.parent } };
     // Output came after the session was given up, and none of it was kept.
     return this.iopubSeq > marker.iopubSeq ? { lost: { parent: this.lastParent } } : undefined;
+  }
+
+  /** Sessions whose output was lost elsewhere (before this gateway held the link): each reconnect is told `text`. */
+  markLost(keys: readonly string[], text: string): void {
+    for (const key of keys) {
+      if (this.parked.has(key)) continue;
+      if (this.lost.size >= MAX_LOST_MARKERS) this.lost.delete(this.lost.keys().next().value as string);
+      this.lost.set(key, { iopubSeq: this.iopubSeq, dropped: true, parent: undefined, text });
+    }
+  }
+
+  /** The sessions being kept for their reconnect. */
+  parkedKeys(): IterableIterator<string> {
+    return this.parked.keys();
   }
 
   clear(): void {

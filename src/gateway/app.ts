@@ -8,6 +8,7 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { ErrorCodes, KgateError, invalidJson, notFound, truncate } from '../errors.js';
+import { ReplayBudget } from '../bridge/replay.js';
 import { BUILTIN_KERNELSPECS, jupyterKernelDirs, KernelSpecStore } from '../kernels/kernelspecs.js';
 import { KernelCuller } from '../kernels/culler.js';
 import { KernelManager } from '../kernels/manager.js';
@@ -70,8 +71,16 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
     link: {
       verifySignatures: config.verifySignatures,
       maxQueued: config.maxQueued,
+      maxKernelInputBytes: config.maxKernelInput,
+      maxClientInputBytes: config.maxClientInput,
       iopubHighWaterMark: config.iopubHwm,
-      replay: { maxBytes: config.replayBytes, maxMs: config.replaySeconds * 1000, maxSessions: 64 },
+      replay: {
+        maxBytes: config.replayBytes,
+        maxMs: config.replaySeconds * 1000,
+        maxSessions: config.replaySessions,
+        maxKernelBytes: config.replayKernelBytes,
+        budget: new ReplayBudget(config.replayTotalBytes),
+      },
       iopubRateLimit:
         config.iopubMsgRateLimit > 0 || config.iopubDataRateLimit > 0
           ? { msgsPerSec: config.iopubMsgRateLimit, bytesPerSec: config.iopubDataRateLimit, windowSec: config.rateLimitWindow }
