@@ -73,9 +73,9 @@ export const OPTIONS = {
   allowUnauthenticated: opt('allow-unauthenticated', 'boolean', 'allow an empty --auth-token on an address other than loopback', bool.default(false)),
   defaultKernelName: opt('default-kernel-name', 'string', 'kernelspec used when a request names none (default python3, else the first)', z.string().regex(KERNEL_NAME, 'must be a kernelspec name ([A-Za-z0-9._-], at most 128)').optional()),
   kernelspecDir: opt('kernelspec-dir', 'string', 'an extra directory of kernelspecs, searched first (repeatable)', list.default([]), true),
-  runtimeDir: opt('runtime-dir', 'string', 'where connection files are written (mode 0700)', z.string().min(1).default(defaultRuntimeDir())),
+  runtimeDir: opt('runtime-dir', 'string', 'where connection files are written, mode 0700 (default $XDG_RUNTIME_DIR/kgate-UID, else the temp dir)', z.string().min(1).default(defaultRuntimeDir())),
   rootDir: opt('root-dir', 'string', 'working directory of kernels when KERNEL_WORKING_DIR is not given (default: the current directory)', z.string().min(1).default(process.cwd())),
-  launchTimeout: opt('launch-timeout', 'string', 'seconds a kernel may take to answer kernel_info after launch (default 60)', seconds.default(60)),
+  launchTimeout: opt('launch-timeout', 'string', 'seconds a kernel may take to answer kernel_info after launch; a request\'s KERNEL_LAUNCH_TIMEOUT may ask for up to 4 times this (default 60)', seconds.default(60)),
   shutdownWait: opt('shutdown-wait', 'string', 'seconds to wait after shutdown_request before SIGTERM (default 5)', seconds.default(5)),
   restartLimit: opt('restart-limit', 'string', 'automatic restarts of a dying kernel before it is declared dead (default 5)', z.coerce.number().int().min(0).max(100).default(5)),
   heartbeatInterval: opt('heartbeat-interval', 'string', 'seconds between heartbeat pings (default 3)', seconds.default(3)),
@@ -170,6 +170,13 @@ function readTokenFile(path: string): string {
   if (token === '') throw new ConfigError(`--auth-token-file: ${path} holds no token on its first line`);
   if (token.length > 1024) throw new ConfigError(`--auth-token-file: the token in ${path} is longer than 1024 characters`);
   return token;
+}
+
+/** The options as a Markdown table, for docs/configuration.md (scripts/gen-docs.ts). */
+export function optionsTable(): string {
+  const cell = (s: string): string => s.replace(/\|/g, '\\|');
+  const rows = Object.values(OPTIONS).map((o) => `| \`--${o.flag}\` | \`${o.env}\` | ${cell(o.help)} |`);
+  return ['| option | environment | meaning |', '| --- | --- | --- |', ...rows].join('\n');
 }
 
 export function helpText(): string {

@@ -1,17 +1,17 @@
-/** Every error code kgate can answer is documented in the README's table, with its status. */
+/** Every error code kgate can answer is documented in docs/api.md's table, with its status. */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { ErrorCodes, KgateError, truncate } from '../../src/errors.js';
 import * as errors from '../../src/errors.js';
 
-const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+const readme = readFileSync(new URL('../../docs/api.md', import.meta.url), 'utf8');
 
 describe('error codes', () => {
-  it.each(Object.values(ErrorCodes))('%s is in the README error table', (code) => {
+  it.each(Object.values(ErrorCodes))('%s is in the error table of docs/api.md', (code) => {
     expect(readme).toMatch(new RegExp(`\\| \`${code}\` \\| \\d{3} \\|`));
   });
 
-  it('each factory gives the status the README documents for its code', () => {
+  it('each factory gives the status docs/api.md documents for its code', () => {
     const made: KgateError[] = [];
     for (const f of Object.values(errors)) {
       if (typeof f !== 'function' || f === KgateError || f === truncate) continue;
