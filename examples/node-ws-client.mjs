@@ -66,6 +66,7 @@ function execute(ws, session) {
           if (content.data['text/plain'] !== undefined) process.stdout.write(`${content.data['text/plain']}\n`);
           break;
         case 'error':
+          // eslint-disable-next-line no-control-regex -- tracebacks carry ANSI colour codes (ESC [ … m)
           process.stderr.write(`${content.traceback.join('\n').replace(/\x1b\[[0-9;]*m/g, '')}\n`);
           break;
         case 'execute_reply':
@@ -85,7 +86,7 @@ function execute(ws, session) {
 }
 
 const kernel = await rest('POST', 'api/kernels', { name: kernelName });
-let ok = false;
+let ok;
 try {
   const session = randomUUID();
   const wsUrl = new URL(`api/kernels/${encodeURIComponent(kernel.id)}/channels`, base);

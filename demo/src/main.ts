@@ -16,6 +16,8 @@ const code = $<HTMLTextAreaElement>('code');
 const run = $<HTMLButtonElement>('run');
 const outputs = $<HTMLElement>('outputs');
 
+// Tracebacks carry terminal colour codes (ESC [ … m), which are control characters by nature.
+// eslint-disable-next-line no-control-regex
 const ANSI = /\u001b\[[0-9;?]*[ -/]*[@-~]/g;
 const stripAnsi = (s: string): string => s.replace(ANSI, '');
 

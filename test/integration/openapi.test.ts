@@ -19,6 +19,8 @@ import type { GatewayContext } from '../../src/gateway/context.js';
 import { specRoutes } from '../../src/gateway/openapi.js';
 import { startGateway, type TestGateway } from '../helpers/gateway.js';
 
+// An OpenAPI document and the answers checked against it are walked by key, whatever their shape.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Json = Record<string, any>;
 
 let t: TestGateway;
@@ -116,7 +118,7 @@ interface CallOptions {
 }
 
 /** Calls `method template` for real and checks the answer against the spec. */
-async function call(method: string, template: string, o: CallOptions = {}): Promise<{ status: number; json: any; res: Response }> {
+async function call(method: string, template: string, o: CallOptions = {}): Promise<{ status: number; json: Json; res: Response }> {
   const path = template.replace(/\{(\w+)\}/g, (_, k: string) => o.params?.[k] ?? (k === 'id' ? encodeURIComponent('no-such-id') : k));
   const headers = new Headers();
   if (o.token !== null) headers.set('Authorization', `token ${o.token ?? t.token}`);
