@@ -3,11 +3,40 @@
  * `kgate`: runs the gateway in the foreground. The first stdout line after
  * listening is `kgate listening on http://HOST:PORT/`; logs go to stderr.
  */
+import type { Logger } from 'pino';
 import { ConfigError, helpText, loadConfig } from './config.js';
 import { DemoNotBuiltError, startDemoServer, type DemoServer } from './demo-server.js';
-import { createGateway } from './gateway/app.js';
+import { createGateway, httpLimits } from './gateway/app.js';
 import { createLogger } from './log.js';
 import { VERSION } from './version.js';
+
+/**
+ * Once kgate serves, a fault that escapes a request or socket handler (an
+ * exception thrown in a listener or timer, a promise rejected with no handler)
+ * is logged and kgate goes on. Ending the process instead would run the exit
+ * handler, which kills every kernel of every user: one client's fault, or one
+ * bug on one client's path, would cost everyone their kernels and their unsaved
+ * state. What the fault interrupted is lost (that client's request or socket,
+ * which its own handler no longer drives and the socket timeouts and pings then
+ * close); the kernels, their links and the registry are driven by their own
+ * events and timers and go on. A fault that left shared state wrong shows in
+ * the log at error level with its stack, for the operator to restart kgate when
+ * convenient (with --state-dir and --keep-kernels the kernels survive that).
+ * Before the gateway listens, a fault still ends the start (exit code 1).
+ */
+function keepRunningOnFaults(log: Logger): void {
+  let faults = 0;
+  const report = (err: unknown, kind: string): void => {
+    faults++;
+    try {
+      log.error({ err, faults }, `${kind}: kgate keeps running (a bug; please report it with this line)`);
+    } catch {
+      // The logger itself failing must not turn a logged fault into an exit.
+    }
+  };
+  process.on('uncaughtException', (err, origin) => report(err, origin === 'unhandledRejection' ? 'unhandled rejection' : 'uncaught exception'));
+  process.on('unhandledRejection', (reason) => report(reason, 'unhandled rejection'));
+}
 
 async function main(): Promise<void> {
   let config;
@@ -33,7 +62,7 @@ async function main(): Promise<void> {
   if (config.demoPort !== undefined) {
     // Listening first, so the gateway knows the demo page's port (for --demo-port 0) and allows its origin.
     try {
-      demo = await startDemoServer({ ip: config.ip, port: config.demoPort, frameAncestors: config.frameAncestors });
+      demo = await startDemoServer({ ip: config.ip, port: config.demoPort, frameAncestors: config.frameAncestors, limits: httpLimits(config), log });
     } catch (e) {
       if (!(e instanceof DemoNotBuiltError)) throw e;
       process.stderr.write(`kgate: ${e.message}\n`);
@@ -43,6 +72,7 @@ async function main(): Promise<void> {
   }
   const gateway = await createGateway(config, log);
   const { host, port } = await gateway.listen();
+  keepRunningOnFaults(log);
   const shown = host.includes(':') ? `[${host}]` : host;
   const url = `http://${shown}:${port}${gateway.ctx.baseUrl}`;
   const lines = [`kgate listening on ${url}`];

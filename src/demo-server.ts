@@ -8,6 +8,8 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Fastify, { type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { clientErrorHandler, httpServerOptions, type HttpLimits } from './gateway/app.js';
 import { frameAncestorsPolicy } from './gateway/origin.js';
 
 export const DEMO_ROOT = fileURLToPath(new URL('../demo/', import.meta.url));
@@ -25,7 +27,14 @@ export interface DemoServerOptions {
   /** The frame-ancestors sources, as for the gateway: who may show the page in a frame. */
   frameAncestors: readonly string[];
   root?: string;
+  /** The gateway's HTTP time and count bounds (a page is small: the same bounds serve it). */
+  limits?: HttpLimits;
+  /** Where connection faults go (never a request's bytes). */
+  log?: Logger;
 }
+
+/** When no limits are given: the defaults of --request-timeout, --headers-timeout, --keep-alive-timeout, --max-requests-per-socket. */
+const DEFAULT_LIMITS: HttpLimits = { requestTimeoutMs: 30_000, headersTimeoutMs: 10_000, keepAliveTimeoutMs: 5_000, maxRequestsPerSocket: 1000 };
 
 export interface DemoServer {
   app: FastifyInstance;
@@ -66,7 +75,8 @@ export async function startDemoServer(options: DemoServerOptions): Promise<DemoS
     "base-uri 'none'",
     frameAncestorsPolicy(options.frameAncestors),
   ].join('; ');
-  const app = Fastify({ logger: false });
+  // Bounded in time as the gateway is, with its handler for malformed requests and resets.
+  const app = Fastify({ logger: false, ...httpServerOptions(options.limits ?? DEFAULT_LIMITS), clientErrorHandler: clientErrorHandler(options.log, csp) });
   app.get('/*', (req, reply) => {
     const path = req.url.split(/[?#]/)[0]!;
     const body = files.get(path);
@@ -80,6 +90,8 @@ export async function startDemoServer(options: DemoServerOptions): Promise<DemoS
       .send(body);
   });
   await app.listen({ host: options.ip, port: options.port });
+  // A failed accept() is an 'error' event on the server: without a listener it ends kgate.
+  app.server.on('error', (err) => options.log?.error({ err }, 'the demo page server reported an error; still serving'));
   const addr = app.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : options.port;
   return { app, port, close: () => app.close() };

@@ -4,7 +4,7 @@
  * a clean shutdown that leaves no kernel process behind.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -66,6 +66,46 @@ describe('kgate CLI', () => {
     } finally {
       k.child.kill('SIGTERM');
       await k.exited;
+    }
+  });
+
+  it('--auth-token-file: uses the token from the file, kept off its command line and environment', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kgate-token-'));
+    const file = join(dir, 'token');
+    writeFileSync(file, 'file-token-0123456789\nsecond line ignored\n', { mode: 0o600 });
+    const k = await start(['--port', '0', '--auth-token-file', file, '--runtime-dir', mkdtempSync(join(tmpdir(), 'kgate-rt-'))]);
+    try {
+      expect(k.lines[1]).toBe('token: file-token-0123456789');
+      expect((await fetch(`${k.url}api/status`, { headers: { Authorization: 'token file-token-0123456789' } })).status).toBe(200);
+      expect((await fetch(`${k.url}api/status?token=file-token-0123456789`)).status).toBe(200);
+      expect((await fetch(`${k.url}api/status`, { headers: { Authorization: 'token second line ignored' } })).status).toBe(401);
+      // What a local kernel could read of its parent: /proc/<ppid>/cmdline and environ.
+      for (const what of ['cmdline', 'environ']) expect(readFileSync(`/proc/${k.child.pid}/${what}`, 'utf8')).not.toContain('file-token-0123456789');
+    } finally {
+      k.child.kill('SIGTERM');
+      await k.exited;
+    }
+  });
+
+  it('--auth-token-file: a missing or empty file, or a token given twice, stops kgate at start with one line and exit code 2', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kgate-token-'));
+    const empty = join(dir, 'empty');
+    writeFileSync(empty, '\n');
+    const good = join(dir, 'good');
+    writeFileSync(good, 'a-token\n');
+    const cases: Array<[string[], Record<string, string>, RegExp]> = [
+      [['--auth-token-file', join(dir, 'missing')], {}, /^kgate: --auth-token-file: cannot read .*missing: ENOENT$/],
+      [['--auth-token-file', empty], {}, /^kgate: --auth-token-file: .*empty holds no token/],
+      [['--auth-token-file', good, '--auth-token', 'other'], {}, /^kgate: give --auth-token or --auth-token-file, not both$/],
+      [['--auth-token-file', good], { KG_AUTH_TOKEN: 'other' }, /^kgate: give --auth-token or --auth-token-file, not both$/],
+    ];
+    for (const [args, env, message] of cases) {
+      const r = run(['--port', '0', ...args], env);
+      expect(r.status, args.join(' ')).toBe(2);
+      expect(r.stdout).toBe('');
+      const lines = r.stderr.trimEnd().split('\n');
+      expect(lines, r.stderr).toHaveLength(1);
+      expect(lines[0]).toMatch(message);
     }
   });
 

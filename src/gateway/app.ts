@@ -3,7 +3,8 @@
  * managers, the REST routes (fastify) and the channels WebSocket (ws).
  */
 import { randomBytes } from 'node:crypto';
-import { STATUS_CODES } from 'node:http';
+import { STATUS_CODES, type ServerOptions } from 'node:http';
+import type { Socket } from 'node:net';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
@@ -17,7 +18,7 @@ import { KernelStateStore } from '../kernels/state.js';
 import { localProvisionerFactory } from '../provisioner/local.js';
 import { ProvisionerRegistry } from '../provisioner/registry.js';
 import { TokenAuth } from './auth.js';
-import { ChannelsEndpoint } from './channels.js';
+import { ChannelsEndpoint, refuse } from './channels.js';
 import { frameAncestorsPolicy, OriginPolicy } from './origin.js';
 import type { GatewayContext } from './context.js';
 import { specRoutes } from './openapi.js';
@@ -49,6 +50,91 @@ function parseJson(_req: unknown, body: string, done: (err: Error | null, value?
   } catch (e) {
     done(invalidJson(`the request body is not valid JSON: ${e instanceof Error ? e.message : String(e)}`));
   }
+}
+
+/** The time and count bounds of one HTTP connection, in milliseconds, from the config's seconds. */
+export interface HttpLimits {
+  requestTimeoutMs: number;
+  headersTimeoutMs: number;
+  keepAliveTimeoutMs: number;
+  /** 0: no limit. */
+  maxRequestsPerSocket: number;
+}
+
+export function httpLimits(config: Pick<Config, 'requestTimeout' | 'headersTimeout' | 'keepAliveTimeout' | 'maxRequestsPerSocket'>): HttpLimits {
+  return {
+    requestTimeoutMs: Math.round(config.requestTimeout * 1000),
+    headersTimeoutMs: Math.round(config.headersTimeout * 1000),
+    keepAliveTimeoutMs: Math.round(config.keepAliveTimeout * 1000),
+    maxRequestsPerSocket: config.maxRequestsPerSocket,
+  };
+}
+
+/**
+ * Fastify's server options for these bounds. node's requestTimeout and
+ * headersTimeout cover receiving a request (headers, then the whole body), not
+ * answering it: a kernel start that waits minutes for its kernel while the
+ * client sends nothing is not cut off. For the same reason there is no socket
+ * inactivity timeout (fastify's connectionTimeout stays 0); an idle keep-alive
+ * connection is closed after keepAliveTimeout. node checks the two request
+ * timeouts only every connectionsCheckingInterval (30 s by default), so the
+ * check runs at a quarter of the shorter one (at most once a second; the check
+ * walks only connections with a request still coming in).
+ */
+export function httpServerOptions(limits: HttpLimits): {
+  requestTimeout: number;
+  keepAliveTimeout: number;
+  maxRequestsPerSocket: number;
+  connectionTimeout: number;
+  http: ServerOptions;
+} {
+  const checkEvery = Math.max(50, Math.min(1000, Math.floor(Math.min(limits.headersTimeoutMs, limits.requestTimeoutMs) / 4)));
+  return {
+    requestTimeout: limits.requestTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    maxRequestsPerSocket: limits.maxRequestsPerSocket,
+    connectionTimeout: 0,
+    http: {
+      requestTimeout: limits.requestTimeoutMs,
+      headersTimeout: limits.headersTimeoutMs,
+      keepAliveTimeout: limits.keepAliveTimeoutMs,
+      connectionsCheckingInterval: checkEvery,
+    },
+  };
+}
+
+interface ClientError extends Error {
+  code?: string;
+}
+
+/**
+ * node's 'clientError': a request that is not HTTP, too slow (the timeouts
+ * above) or whose headers are too large, and resets. The answer is kgate's JSON
+ * and the socket is then destroyed. Fastify's own handler logs the whole error,
+ * whose rawPacket holds the bytes received, an Authorization header among
+ * them; only the code is logged here.
+ */
+export function clientErrorHandler(log: Logger | undefined, csp: string | undefined): (err: ClientError, socket: Socket) => void {
+  return (err, socket) => {
+    const code = err.code ?? 'unknown';
+    if (socket.destroyed || code === 'ECONNRESET') {
+      socket.destroy();
+      return;
+    }
+    let e: KgateError;
+    if (code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+      e = new KgateError(ErrorCodes.BAD_REQUEST, 408, 'Request Timeout', 'the request was not received in time (see --request-timeout and --headers-timeout)');
+    } else if (code === 'HPE_HEADER_OVERFLOW') {
+      e = new KgateError(ErrorCodes.BAD_REQUEST, 431, 'Request Header Fields Too Large', 'the request headers are too large');
+    } else {
+      e = new KgateError(ErrorCodes.BAD_REQUEST, 400, 'Bad Request', `the request is not valid HTTP (${truncate(code, 40)})`);
+    }
+    log?.debug({ code, status: e.status }, 'refused a connection: malformed or too slow request');
+    // Never write into a response already under way on this socket (the peer would read garbage).
+    const inFlight = (socket as Socket & { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+    if (inFlight?.headersSent) socket.destroy();
+    else refuse(socket, e, csp);
+  };
 }
 
 export async function createGateway(config: Config, log: Logger): Promise<Gateway> {
@@ -108,6 +194,8 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
 
   const csp = frameAncestorsPolicy(config.frameAncestors);
   const app = Fastify({
+    ...httpServerOptions(httpLimits(config)),
+    clientErrorHandler: clientErrorHandler(log, csp),
     loggerInstance: log as FastifyBaseLogger,
     // No log line per request: cheap, and a ?token= in a URL never reaches the log.
     logController: new LogController({ disableRequestLogging: true }),
@@ -171,7 +259,15 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
     { prefix: ctx.baseUrl.slice(0, -1) },
   );
 
-  const channels = new ChannelsEndpoint(ctx, { maxMessageSize: config.maxMessageSize, maxClientBuffer: config.maxClientBuffer, pingIntervalMs: 30_000, deflate: config.wsDeflate, origins, csp });
+  const channels = new ChannelsEndpoint(ctx, {
+    maxMessageSize: config.maxMessageSize,
+    maxClientBuffer: config.maxClientBuffer,
+    pingIntervalMs: 30_000,
+    deflate: config.wsDeflate,
+    origins,
+    checkOriginWithToken: config.checkOriginWithToken,
+    csp,
+  });
   channels.attach(app.server);
   await app.ready();
 
@@ -182,6 +278,10 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
     token,
     async listen() {
       await app.listen({ host: config.ip, port: config.port });
+      // After listening (a listen error is listen()'s to report): an accept() that fails is
+      // an 'error' event on the server, which with no listener would end the process
+      // (libuv absorbs EMFILE itself; other accept errors reach node).
+      app.server.on('error', (err) => log.error({ err }, 'the HTTP server reported an error; still serving'));
       const addr = app.server.address();
       const port = typeof addr === 'object' && addr ? addr.port : config.port;
       return { host: config.ip, port };

@@ -8,8 +8,9 @@ import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ClientRelay } from '../bridge/client-relay.js';
+import type { KernelLink } from '../bridge/kernel-link.js';
 import { V1_PROTOCOL } from '../bridge/ws-v1.js';
-import { KgateError, WsClose, badRequest, forbiddenOrigin, kernelNotFound, notFound, unauthorized } from '../errors.js';
+import { ErrorCodes, KgateError, WsClose, badRequest, forbiddenOrigin, kernelNotFound, notFound, truncate, unauthorized } from '../errors.js';
 import type { GatewayContext } from './context.js';
 import type { OriginPolicy } from './origin.js';
 import { sessionIdQuery } from './schemas.js';
@@ -22,12 +23,36 @@ export interface ChannelsOptions {
   deflate: boolean;
   /** Browser origins allowed to open a socket (the REST CORS list); none given: only clients that send no Origin. */
   origins?: OriginPolicy;
+  /**
+   * Check the Origin of a socket that carries a valid token too. Off by default, as in
+   * jupyter_server (`should_check_origin` is false for a token-authenticated request): a
+   * page that holds the token is authorised, and no cookie can carry it there unasked.
+   */
+  checkOriginWithToken?: boolean;
   /** The Content-Security-Policy header value for refusals, as on every REST response. */
   csp?: string;
 }
 
-function refuse(socket: Duplex, e: KgateError, csp: string | undefined): void {
+/**
+ * Errors of a raw socket are its client's (a reset arrives as ECONNRESET). Node
+ * takes its own 'error' listener off a socket it hands to 'upgrade', and an
+ * 'error' event with no listener ends the process: every socket gets this one first.
+ */
+function ignoreSocketError(): void {}
+
+/**
+ * Answers a refused upgrade and then destroys the socket, as ws's own
+ * abortHandshake does: an HTTP server socket allows half-open connections, so
+ * one only ended would wait for the client's FIN forever.
+ */
+export function refuse(socket: Duplex, e: KgateError, csp: string | undefined): void {
+  if (socket.destroyed) return;
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
   const body = JSON.stringify(e.toBody());
+  socket.once('finish', socket.destroy);
   socket.end(
     `HTTP/1.1 ${e.status} ${e.reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${csp ? `Content-Security-Policy: ${csp}\r\n` : ''}Connection: close\r\n\r\n${body}`,
   );
@@ -63,6 +88,8 @@ export class ChannelsEndpoint {
     const base = ctx.baseUrl.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
     this.pattern = new RegExp(`^${base}api/kernels/([^/?]+)/channels$`);
     this.onUpgrade = this.onUpgrade.bind(this);
+    // With a listener, ws leaves the answer to a handshake it refuses to us.
+    this.wss.on('wsClientError', (err: Error, socket: Duplex, req: IncomingMessage) => this.onWsClientError(err, socket, req));
     // Dead peers (a laptop lid closed) are found by ping, one timer for all sockets.
     this.pinger = setInterval(() => this.ping(), options.pingIntervalMs);
     this.pinger.unref();
@@ -81,30 +108,61 @@ export class ChannelsEndpoint {
 
   private ping(): void {
     for (const ws of this.wss.clients) {
-      if (!alive.has(ws)) {
+      try {
+        if (!alive.has(ws)) {
+          ws.terminate();
+          continue;
+        }
+        alive.delete(ws);
+        ws.ping();
+      } catch (err) {
+        // One socket's fault must not stop the pings of all the others.
+        this.ctx.log.warn({ err }, 'could not ping a client WebSocket');
         ws.terminate();
-        continue;
       }
-      alive.delete(ws);
-      ws.ping();
     }
   }
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    void this.upgrade(req, socket, head);
+    // First, before anything asynchronous: a reset from here on is an 'error' event.
+    socket.on('error', ignoreSocketError);
+    this.upgrade(req, socket, head).catch((err: unknown) => {
+      // upgrade() answers its own faults; this is the last guard, so no rejection is unhandled.
+      this.ctx.log.error({ err }, 'the WebSocket upgrade failed');
+      socket.destroy();
+    });
+  }
+
+  /**
+   * ws's own refusals (a handshake it cannot complete: no Sec-WebSocket-Key, a bad
+   * version) are answered here in kgate's JSON shape and with the CSP header.
+   */
+  private onWsClientError(err: Error, socket: Duplex, req: IncomingMessage): void {
+    const message = `WebSocket handshake: ${truncate(err.message, 120)}`;
+    const e = req.method === 'GET' ? badRequest(message) : new KgateError(ErrorCodes.METHOD_NOT_ALLOWED, 405, 'Method Not Allowed', message);
+    refuse(socket, e, this.options.csp);
   }
 
   private async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    let handedOver = false;
     try {
       const url = req.url ?? '/';
       const q = url.indexOf('?');
       const path = q >= 0 ? url.slice(0, q) : url;
       const m = this.pattern.exec(path);
       if (!m) throw notFound(`no WebSocket endpoint at ${path.slice(0, 64)}`);
-      // A browser page always sends Origin; one not allowed is refused before anything else.
-      if (req.headers.origin !== undefined && this.options.origins?.check(req.headers) !== 'allowed') throw forbiddenOrigin(req.headers.origin);
-      if (!this.ctx.auth.authenticate(req.headers, url)) throw unauthorized();
-      const kernelId = decodeURIComponent(m[1]!);
+      const auth = this.ctx.auth;
+      const identity = auth.authenticate(req.headers, url);
+      // A browser page always sends Origin. With auth on, a valid token authorises the page
+      // (jupyter_server's rule; --check-origin-with-token adds the origin check on top);
+      // without a valid token, or with auth off, an origin not allowed is refused first,
+      // before anything about the kernel is looked at.
+      const origin = req.headers.origin;
+      if (origin !== undefined && (identity === undefined || !auth.enabled || this.options.checkOriginWithToken === true)) {
+        if (this.options.origins?.check(req.headers) !== 'allowed') throw forbiddenOrigin(origin);
+      }
+      if (identity === undefined) throw unauthorized();
+      const kernelId = decodeSegment(m[1]!);
       const kernels = this.ctx.kernels;
       // Not only this process's kernels: one another gateway on the same state dir runs is followed.
       const kernel = await kernels.find(kernelId);
@@ -119,14 +177,45 @@ export class ChannelsEndpoint {
         if (!r.success) throw badRequest(`session_id: ${r.error.issues[0]!.message}`);
         sessionId = r.data;
       }
-      this.wss.handleUpgrade(req, socket, head, (ws) => {
-        alive.add(ws);
-        ws.on('pong', onPong);
-        const protocol = ws.protocol === V1_PROTOCOL ? 'v1' : 'json';
-        new ClientRelay(ws, link, protocol, sessionId, { maxBufferedBytes: this.options.maxClientBuffer, log: this.ctx.log });
-      });
+      // From here the socket is ws's: nothing may write HTTP on it any more.
+      handedOver = true;
+      this.wss.handleUpgrade(req, socket, head, (ws) => this.accepted(ws, link, sessionId));
     } catch (e) {
-      refuse(socket, e instanceof KgateError ? e : notFound('bad request'), this.options.csp);
+      if (handedOver) {
+        this.ctx.log.error({ err: e }, 'the WebSocket upgrade failed after the handshake began');
+        socket.destroy();
+        return;
+      }
+      if (!(e instanceof KgateError)) this.ctx.log.error({ err: e }, 'the WebSocket upgrade failed');
+      refuse(socket, e instanceof KgateError ? e : internalError(), this.options.csp);
+    }
+  }
+
+  /** The handshake is done: the socket becomes a client of the kernel's link. */
+  private accepted(ws: WebSocket, link: KernelLink, sessionId: string): void {
+    // Listening before anything can fail: a WebSocket 'error' with no listener ends the process.
+    ws.on('error', ignoreSocketError);
+    try {
+      alive.add(ws);
+      ws.on('pong', onPong);
+      const protocol = ws.protocol === V1_PROTOCOL ? 'v1' : 'json';
+      new ClientRelay(ws, link, protocol, sessionId, { maxBufferedBytes: this.options.maxClientBuffer, log: this.ctx.log });
+    } catch (err) {
+      // A fault here costs this client its socket, never the gateway.
+      this.ctx.log.error({ err }, 'could not attach a client WebSocket to its kernel');
+      ws.close(WsClose.InternalError, 'kgate: internal error');
+      setTimeout(() => ws.terminate(), 1000).unref();
     }
   }
 }
+
+/** A path segment, percent-decoded; a malformed escape is the client's error (400), not a fault. */
+function decodeSegment(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    throw badRequest('the kernel id in the path is not valid percent-encoding');
+  }
+}
+
+const internalError = (): KgateError => new KgateError(ErrorCodes.INTERNAL, 500, 'Internal Server Error', 'internal error; see the gateway log');

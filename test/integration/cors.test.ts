@@ -1,8 +1,8 @@
 /**
  * Cross-origin rules: CORS on REST (preflights without a token, the origin
  * reflected only when listed), the same list on the channels WebSocket's
- * Origin header, `*` only when asked for, and `frame-ancestors` on every
- * response, refusals included.
+ * Origin header for sockets without a valid token, `*` only when asked for,
+ * and `frame-ancestors` on every response, refusals included.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
@@ -146,13 +146,23 @@ describe('an origin list', () => {
     c.close();
   });
 
-  it('refuses an unlisted origin on the socket with a JSON 403 before upgrading, even with a good token', async () => {
+  it('refuses an unlisted origin on the socket with a JSON 403 before upgrading when the token is missing or wrong', async () => {
+    for (const origin of [EVIL, 'null', 'http://127.0.0.1:8001']) {
+      for (const token of [null, 'wrong']) {
+        const u = await upgrade(t, kernelId, { origin, token });
+        expect(u.status, `${origin} ${token}`).toBe(403);
+        expect(u.headers['content-type']).toBe('application/json');
+        expect(JSON.parse(u.body)).toMatchObject({ reason: 'Forbidden', code: 'KG_FORBIDDEN' });
+        expect(u.body).not.toContain(TOKEN);
+      }
+    }
+  });
+
+  it('lets an unlisted origin open the socket with a good token, as jupyter_server does (ws-origin-token.test.ts has the rest)', async () => {
     for (const origin of [EVIL, 'null', 'http://127.0.0.1:8001']) {
       const u = await upgrade(t, kernelId, { origin });
-      expect(u.status, origin).toBe(403);
-      expect(u.headers['content-type']).toBe('application/json');
-      expect(JSON.parse(u.body)).toMatchObject({ reason: 'Forbidden', code: 'KG_FORBIDDEN' });
-      expect(u.body).not.toContain(TOKEN);
+      expect(u.status, origin).toBe(101);
+      u.ws!.close();
     }
   });
 
@@ -218,8 +228,9 @@ describe('the defaults', () => {
     const p = await preflight(t, 'api/kernels', PAGE);
     expect(p.status).toBe(403);
     expect(corsHeaders(p)).toEqual([]);
-    const ws = await upgrade(t, 'no-such-kernel', { origin: PAGE });
-    expect(ws.status).toBe(403);
+    // The socket: refused for the origin without a token; with one, the origin passes (and the kernel is looked up).
+    expect((await upgrade(t, 'no-such-kernel', { origin: PAGE, token: null })).status).toBe(403);
+    expect((await upgrade(t, 'no-such-kernel', { origin: PAGE })).status).toBe(404);
   });
 });
 
