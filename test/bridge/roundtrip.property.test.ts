@@ -149,4 +149,40 @@ describe('client → kernel', () => {
       { numRuns: NUM_RUNS },
     );
   });
+
+  it('JSON protocol: any order, extra members up to the bound (old clients\' msg_id and msg_type among them) and earlier duplicates change nothing', () => {
+    const extra = fc.tuple(
+      fc.oneof(fc.constantFrom('msg_id', 'msg_type', 'buffers', 'Header', 'contents'), fc.string({ unit: 'binary', maxLength: 10 })),
+      fc.jsonValue({ stringUnit: 'binary', maxDepth: 2 }),
+    );
+    fc.assert(
+      fc.property(inputChannel, message, fc.array(extra, { maxLength: 24 }), fc.array(fc.constantFrom('header', 'parent_header', 'metadata', 'content', 'channel'), { maxLength: 2 }), fc.nat(), (channel, m, extras, dups, seed) => {
+        const known: [string, unknown][] = [
+          ['header', m.header],
+          ['parent_header', m.parent],
+          ['metadata', m.metadata],
+          ['content', m.content],
+          ['channel', channel],
+        ];
+        const wantedNames = new Set(known.map(([k]) => k));
+        // The kept members last, in a shuffled order, behind the extras and the duplicates that JSON.parse drops.
+        const members = [...extras.filter(([k]) => !wantedNames.has(k)), ...dups.map((k): [string, unknown] => [k, { dropped: true }])];
+        const kept = [...known];
+        for (let k = kept.length - 1; k > 0; k--) {
+          const j = (seed + k * 7919) % (k + 1);
+          [kept[k], kept[j]] = [kept[j]!, kept[k]!];
+        }
+        members.push(...kept);
+        const json = Buffer.from(`{${members.map(([k, v]) => `${JSON.stringify(k)}:${JSON.stringify(v)}`).join(',')}}`, 'utf8');
+        const got = decodeJsonFrame(m.buffers.length === 0 ? json : jsonBinaryEncode(json, m.buffers), m.buffers.length > 0);
+        expect(got.channel).toBe(channel);
+        expect(got.header.equals(utf8(m.header))).toBe(true);
+        expect(got.parent.equals(utf8(m.parent))).toBe(true);
+        expect(got.metadata.equals(utf8(m.metadata))).toBe(true);
+        expect(got.content.equals(utf8(m.content))).toBe(true);
+        expectSameBuffers(got.buffers, m.buffers);
+      }),
+      { numRuns: NUM_RUNS },
+    );
+  });
 });

@@ -56,6 +56,134 @@ describe('decodeJsonFrame: text frames', () => {
   });
 });
 
+/** The documented bound on a message's top-level members (README, close code 1007). */
+const MEMBER_LIMIT = 32;
+
+/** `{"header":{},` then `n` members `"xxxxx":0,` with distinct base-36 names, then `"content":{}}`; built in place, 10 bytes a member. */
+function frameWithMembers(n: number): Buffer {
+  const head = b('{"header":{},');
+  const tail = b('"content":{}}');
+  const f = Buffer.allocUnsafe(head.length + 10 * n + tail.length);
+  head.copy(f, 0);
+  let at = head.length;
+  for (let k = 0; k < n; k++) {
+    f[at] = 0x22;
+    for (let d = 5, v = k; d >= 1; d--, v = Math.floor(v / 36)) f[at + d] = (v % 36 < 10 ? 0x30 : 0x61 - 10) + (v % 36);
+    f[at + 6] = 0x22;
+    f[at + 7] = 0x3a; // :
+    f[at + 8] = 0x30; // 0
+    f[at + 9] = 0x2c; // ,
+    at += 10;
+  }
+  tail.copy(f, at);
+  return f;
+}
+
+/** The FrameError `f` throws (closing with 1007), and the byte position its message reports. */
+function refusedAt(f: () => unknown): { message: string; at: number } {
+  let thrown: unknown;
+  expectFrameError(() => {
+    try {
+      f();
+    } catch (e) {
+      thrown = e;
+      throw e;
+    }
+  });
+  const message = (thrown as Error).message;
+  const at = /at byte (\d+)/.exec(message);
+  expect(at, `a byte position in "${message}"`).not.toBeNull();
+  return { message, at: Number(at![1]) };
+}
+
+const members = (n: number, name = (k: number) => `x${k}`): string => Array.from({ length: n }, (_, k) => `"${name(k)}":${k}`).join(',');
+
+describe('decodeJsonFrame: top-level members', () => {
+  it(`refuses a 59 MB frame of 5.9 million top-level members as soon as it has more than ${MEMBER_LIMIT}, naming the limit`, () => {
+    const frame = frameWithMembers(5_900_000);
+    expect(frame.length).toBeGreaterThan(59_000_000);
+    const { message, at } = refusedAt(() => decodeJsonFrame(frame, false));
+    expect(message).toMatch(new RegExp(`more than ${MEMBER_LIMIT} top-level members`));
+    // The header is member 1, so member 33 starts at 13 + 10·31 = 323: the scanner stopped there, not 59 MB later.
+    expect(at).toBe(13 + 10 * (MEMBER_LIMIT - 1));
+    // The same in the binary form, where positions count from the start of the frame.
+    const binary = jsonBinaryEncode(frameWithMembers(100_000), [b('x')]);
+    expect(refusedAt(() => decodeJsonFrame(binary, true)).at).toBe(12 + 13 + 10 * (MEMBER_LIMIT - 1));
+  });
+
+  it(`decodes frames of 1 to ${MEMBER_LIMIT} top-level members, header first or last, and refuses ${MEMBER_LIMIT + 1}`, () => {
+    for (let n = 1; n <= MEMBER_LIMIT + 1; n++) {
+      const others = members(n - 1);
+      for (const s of [`{"header":{"msg_id":"m"}${others ? `,${others}` : ''}}`, `{${others ? `${others},` : ''}"header":{"msg_id":"m"}}`]) {
+        if (n <= MEMBER_LIMIT) {
+          const m = decodeJsonFrame(b(s), false);
+          expect(String(m.header), `${n} members`).toBe('{"msg_id":"m"}');
+          expect(String(m.content)).toBe('{}');
+        } else {
+          expect(refusedAt(() => decodeJsonFrame(b(s), false)).message).toMatch(/more than 32 top-level members/);
+        }
+      }
+    }
+  });
+
+  it('counts every member toward the limit: known, unknown and duplicates', () => {
+    const known = ['parent_header', 'metadata', 'content', 'buffers', 'channel', 'msg_id', 'msg_type'];
+    const value = (k: string): string => (k === 'buffers' ? '[]' : k === 'channel' ? '"shell"' : k.startsWith('msg_') ? '"x"' : '{}');
+    const spread = Array.from({ length: MEMBER_LIMIT - 1 }, (_, k) => known[k % known.length]!).map((k) => `"${k}":${value(k)}`);
+    expect(decodeJsonFrame(b(`{"header":{},${spread.join(',')}}`), false).channel).toBe('shell');
+    refusedAt(() => decodeJsonFrame(b(`{"header":{},${spread.join(',')},"content":{}}`), false));
+    refusedAt(() => decodeJsonFrame(b(`{${Array(MEMBER_LIMIT + 1).fill('"header":{}').join(',')}}`), false));
+  });
+
+  it('skips unknown members of any kind of value, old clients\' msg_id and msg_type included', () => {
+    const m = decodeJsonFrame(
+      b('{"msg_id":"1","msg_type":"execute_request","header":{"msg_id":"1"},"x":[{"header":{}}],"content2":{"a":1},"":null,"h":"header","content":{"code":"1"},"cont":{},"channel":"control","channelx":"iopub"}'),
+      false,
+    );
+    expect(m.channel).toBe('control');
+    expect(String(m.header)).toBe('{"msg_id":"1"}');
+    expect(String(m.content)).toBe('{"code":"1"}');
+    expect(String(m.parent)).toBe('{}');
+  });
+
+  it('keeps the last of duplicate members, as JSON.parse does', () => {
+    const m = decodeJsonFrame(
+      b('{"header":{"a":1},"content":{"c":1},"channel":"stdin","metadata":{"m":1},"header":{"b":2},"content":{"c":2},"channel":"control","parent_header":{"p":1},"parent_header":null,"metadata":{"m":2}}'),
+      false,
+    );
+    expect(String(m.header)).toBe('{"b":2}');
+    expect(String(m.content)).toBe('{"c":2}');
+    expect(String(m.metadata)).toBe('{"m":2}');
+    expect(String(m.parent)).toBe('{}');
+    expect(m.channel).toBe('control');
+    // A valid first value does not save an invalid last one, nor the reverse.
+    expectFrameError(() => decodeJsonFrame(b('{"header":{},"content":{},"content":[]}'), false));
+    expectFrameError(() => decodeJsonFrame(b('{"header":{},"header":null}'), false));
+    expectFrameError(() => decodeJsonFrame(b('{"header":{},"channel":"shell","channel":"iopub"}'), false));
+    expect(String(decodeJsonFrame(b('{"header":null,"header":{"ok":1}}'), false).header)).toBe('{"ok":1}');
+  });
+
+  it('decodes escaped member names exactly, as JSON.parse does, last spelling winning', () => {
+    const m = decodeJsonFrame(b('{"\\u0068eader":{"h":1},"cont\\u0065nt":{"c":1},"\\u0063\\u0068\\u0061\\u006E\\u006e\\u0065\\u006c":"control","metad\\u0061ta":{"m":1}}'), false);
+    expect(String(m.header)).toBe('{"h":1}');
+    expect(String(m.content)).toBe('{"c":1}');
+    expect(String(m.metadata)).toBe('{"m":1}');
+    expect(m.channel).toBe('control');
+    expect(String(decodeJsonFrame(b('{"header":{"plain":1},"h\\u0065ader":{"escaped":1}}'), false).header)).toBe('{"escaped":1}');
+    expect(String(decodeJsonFrame(b('{"h\\u0065ader":{"escaped":1},"header":{"plain":1}}'), false).header)).toBe('{"plain":1}');
+    // Spellings of other names: another case, a trailing NUL, a look-alike, an escaped quote.
+    for (const key of ['\\u0048eader', 'header\\u0000', 'h\\u00e9ader', 'head\\"er', 'heade\\r', 'header\\/', 'héader']) {
+      expectFrameError(() => decodeJsonFrame(b(`{"${key}":{}}`), false));
+      expect(String(decodeJsonFrame(b(`{"header":{"ok":1},"${key}":{"no":1}}`), false).header)).toBe('{"ok":1}');
+    }
+  });
+
+  it('takes a null parent_header or metadata as {} only when it is the value JSON.parse keeps', () => {
+    expect(String(decodeJsonFrame(b('{"header":{},"metadata":{"m":1},"metadata":null}'), false).metadata)).toBe('{}');
+    expect(String(decodeJsonFrame(b('{"header":{},"metadata":null,"metadata":{"m":1}}'), false).metadata)).toBe('{"m":1}');
+  });
+});
+
 describe('decodeJsonFrame: the binary form (big-endian uint32 table)', () => {
   it('decodes one buffer from a frame built byte by byte', () => {
     const json = b('{"header":{"msg_id":"x"},"content":{"a":"é"},"channel":"shell"}');
