@@ -62,6 +62,7 @@ export const ErrorCodes = {
   METHOD_NOT_ALLOWED: 'KG_METHOD_NOT_ALLOWED',
   KERNEL_START_FAILED: 'KG_KERNEL_START_FAILED',
   KERNEL_START_TIMEOUT: 'KG_KERNEL_START_TIMEOUT',
+  KERNEL_START_CANCELLED: 'KG_KERNEL_START_CANCELLED',
   KERNEL_DEAD: 'KG_KERNEL_DEAD',
   KERNEL_BUSY_RESTARTING: 'KG_KERNEL_RESTARTING',
   KERNEL_LIMIT: 'KG_KERNEL_LIMIT',
@@ -93,6 +94,9 @@ export const kernelStartFailed = (message: string, cause?: unknown): KgateError 
   new KgateError(ErrorCodes.KERNEL_START_FAILED, 500, 'Internal Server Error', message, { cause });
 export const kernelStartTimeout = (message: string): KgateError =>
   new KgateError(ErrorCodes.KERNEL_START_TIMEOUT, 504, 'Gateway Timeout', message);
+/** The kernel was shut down (DELETE, or the gateway stopping) before its start (or restart) completed. */
+export const kernelStartCancelled = (id: string, during = 'start'): KgateError =>
+  new KgateError(ErrorCodes.KERNEL_START_CANCELLED, 409, 'Conflict', `kernel ${truncate(id)} was shut down before its ${during} completed`);
 export const kernelDead = (id: string): KgateError =>
   new KgateError(ErrorCodes.KERNEL_DEAD, 409, 'Conflict', `kernel ${id} is dead`);
 export const kernelRestarting = (id: string): KgateError =>

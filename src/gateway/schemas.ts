@@ -14,10 +14,24 @@ import type { SessionModel } from '../kernels/sessions.js';
 
 const kernelName = z.string().regex(KERNEL_NAME, 'a kernel name is 1 to 128 characters of A-Z, a-z, 0-9, ".", "_" and "-"');
 
+/**
+ * Text that reaches a kernel's environment (a path becomes JPY_SESSION_NAME)
+ * or a log: bounded, and free of control characters (NUL, newline, escape…),
+ * which an environment cannot hold and a log must not be split by.
+ */
+const text = (max: number) =>
+  z
+    .string()
+    .max(max)
+    // The C0 and C1 controls and DEL (Unicode's Cc), spelled as ranges so every schema consumer reads the pattern.
+    // eslint-disable-next-line no-control-regex -- matching control characters is the point
+    .regex(/^[^\u0000-\u001f\u007f-\u009f]*$/, 'must not hold control characters (NUL, newline, tab, escape, …)');
+const pathText = text(4096);
+
 export const startKernelBody = z.looseObject({
   name: kernelName.optional(),
   env: z.record(z.string(), z.unknown()).optional(),
-  path: z.string().max(4096).optional(),
+  path: pathText.optional(),
 });
 
 const kernelRef = z.looseObject({
@@ -26,18 +40,18 @@ const kernelRef = z.looseObject({
 });
 
 export const createSessionBody = z.looseObject({
-  path: z.string().max(4096).optional(),
-  name: z.string().max(4096).optional(),
-  type: z.string().max(64).optional(),
+  path: pathText.optional(),
+  name: text(4096).optional(),
+  type: text(64).optional(),
   kernel: kernelRef.nullish(),
   /** Notebook 5 clients send `notebook.path` instead of `path`. */
-  notebook: z.looseObject({ path: z.string().max(4096).optional() }).optional(),
+  notebook: z.looseObject({ path: pathText.optional() }).optional(),
 }).describe('path (or notebook.path) is required; kernel names a kernelspec to start, or the id of a running kernel');
 
 export const patchSessionBody = z.looseObject({
-  path: z.string().max(4096).optional(),
-  name: z.string().max(4096).optional(),
-  type: z.string().max(64).optional(),
+  path: pathText.optional(),
+  name: text(4096).optional(),
+  type: text(64).optional(),
   kernel: kernelRef.nullish(),
 });
 

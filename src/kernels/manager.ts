@@ -4,18 +4,21 @@
  * the message path (the link and its clients) never waits on it.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
-import { stat } from 'node:fs/promises';
+import { realpath, stat } from 'node:fs/promises';
+import { resolve, sep } from 'node:path';
 import type { Logger } from 'pino';
 import { Heartbeat } from '../bridge/heartbeat.js';
 import { channelUrl, KernelLink, type ExecutionState, type KernelLinkOptions } from '../bridge/kernel-link.js';
 import { jupyterDate } from '../bridge/messages.js';
 import {
   WsClose,
+  badRequest,
   kernelNotFound,
   kernelRestarting,
   kernelspecNotFound,
   kernelStartFailed,
   kernelStartTimeout,
+  kernelStartCancelled,
   kernelLimit,
   userKernelLimit,
   kernelDead,
@@ -77,6 +80,39 @@ const SYNC_INTERVAL_MS = 1000;
 const FOLLOW_TIMEOUT_MS = 10_000;
 /** How long restarting a followed kernel waits for its owner to bring it back. */
 const FOLLOWER_RESTART_WAIT_MS = 60_000;
+/**
+ * An adopted kernel is asked for kernel_info in rounds of this length until it
+ * answers. It is never killed for not answering: one busy in native code
+ * answers nothing but its heartbeat, and the heartbeat decides its life.
+ */
+const ADOPT_NUDGE_MS = 10_000;
+/** What a session that was attached before kgate died is told when it reconnects to the adopted kernel. */
+export const ADOPTION_NOTICE =
+  'kgate restarted while this session was away: output the kernel sent in the meantime may be lost (replies to requests sent before the restart included).\n';
+/** Sessions recorded per kernel in the state dir (for the notice above); the rest are not told. */
+const MAX_RECORDED_SESSIONS = 256;
+/**
+ * Wait before automatic restart attempt n (n ≥ 2; the first is immediate):
+ * 0.5 s, 1 s, 2 s, 4 s, then 8 s at most, so a kernel that cannot stay up is
+ * not relaunched in a tight loop.
+ */
+export function restartBackoffMs(attempt: number): number {
+  return attempt <= 1 ? 0 : Math.min(8000, 500 * 2 ** (attempt - 2));
+}
+
+/** Waits `ms`, or less if `signal` aborts. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  if (ms <= 0 || signal.aborted) return Promise.resolve();
+  return new Promise((done) => {
+    const t = setTimeout(finish, ms);
+    function finish(): void {
+      clearTimeout(t);
+      signal.removeEventListener('abort', finish);
+      done();
+    }
+    signal.addEventListener('abort', finish, { once: true });
+  });
+}
 
 export class ManagedKernel {
   phase: KernelPhase = 'starting';
@@ -99,6 +135,19 @@ export class ManagedKernel {
   follower = false;
   /** The provisioner description last read from the state dir (a follower reloads it when it changes). */
   recordedInfo = '';
+  /**
+   * The launch in progress (a start, a restart): a shutdown aborts it, so a
+   * kernel deleted while starting is never started behind the caller's back.
+   */
+  launching: AbortController | undefined;
+  /** Adopted and not answering kernel_info yet (busy, or still catching up): clients' messages wait. */
+  awaitingAnswer = false;
+  /** Stops the readiness rounds of an adopted kernel. */
+  readiness: AbortController | undefined;
+  /** The session keys last written to the state dir, joined, to write them only when they change. */
+  recordedSessions = '';
+  /** Sessions recorded by the gateway this kernel was adopted from: still told if this one dies too. */
+  inheritedSessions: string[] = [];
   private readonly createdActivity = Date.now();
 
   constructor(
@@ -118,7 +167,16 @@ export class ManagedKernel {
     if (this.phase === 'dead') return 'dead';
     if (this.phase === 'restarting') return 'restarting';
     if (this.phase === 'starting') return 'starting';
+    // Adopted and silent: it runs (its process and heartbeat say so) but answers no request yet.
+    if (this.awaitingAnswer) return 'busy';
     return this.link?.executionState ?? 'unknown';
+  }
+
+  /** Stops watching the process (heartbeat) and asking an adopted kernel whether it answers. */
+  stopWatching(): void {
+    this.readiness?.abort();
+    this.readiness = undefined;
+    this.heartbeat?.stop();
   }
 
   model(): KernelModel {
@@ -151,6 +209,7 @@ export class KernelManager {
         if (syncing) return;
         syncing = true;
         this.syncShared()
+          .then(() => this.recordSessions())
           .catch((e: unknown) => o.log.warn({ err: e }, 'state dir sync failed'))
           .finally(() => (syncing = false));
       }, SYNC_INTERVAL_MS);
@@ -261,7 +320,7 @@ export class KernelManager {
   private forget(k: ManagedKernel, why: string): void {
     k.phase = 'dead';
     for (const c of k.link?.allClients() ?? []) c.close(WsClose.Normal, why);
-    k.heartbeat?.stop();
+    k.stopWatching();
     k.link?.close();
     if (this.kernels.get(k.id) === k) {
       this.kernels.delete(k.id);
@@ -293,18 +352,60 @@ export class KernelManager {
       const k = new ManagedKernel(randomUUID(), spec, this.o.provisionerFor(spec), env, owner, await this.workingDir(env));
       this.kernels.set(k.id, k);
       release();
+      // Pending, so a shutdown meanwhile (which aborts the launch) waits for its cleanup.
+      const op = this.launchNew(k);
+      const settled = op.then(
+        () => undefined,
+        () => undefined,
+      );
+      k.pending = settled;
       try {
-        await this.launch(k, this.launchTimeout(env), undefined);
-      } catch (e) {
-        this.remove(k);
-        throw e;
+        await op;
+      } finally {
+        if (k.pending === settled) k.pending = undefined;
       }
-      k.phase = 'running';
-      await this.persist(k);
       this.o.log.info({ kernel: k.id, name, owner, ms: Date.now() - k.startedAt }, 'kernel started');
       return k;
     } finally {
       release();
+    }
+  }
+
+  /**
+   * The launch of a kernel just registered (phase `starting`). A shutdown
+   * meanwhile aborts it: then nothing of the kernel is left (process, state
+   * record, connection file, private home) and this rejects with
+   * KG_KERNEL_START_CANCELLED.
+   */
+  private async launchNew(k: ManagedKernel): Promise<void> {
+    const abort = new AbortController();
+    k.launching = abort;
+    let launched = false;
+    try {
+      await this.launch(k, this.launchTimeout(k.env), undefined, abort.signal);
+      launched = true;
+      await this.persist(k);
+      // A shutdown that came while the record was written: no await since, so it stands.
+      abort.signal.throwIfAborted();
+      k.phase = 'running';
+    } catch (e) {
+      // A launch that failed cleaned up after itself; one that succeeded and was then cancelled has not.
+      if (launched) {
+        await k.provisioner.kill(false).catch(() => undefined);
+        await k.provisioner.wait(TERMINATE_WAIT_MS);
+        await k.provisioner.cleanup(false).catch(() => undefined);
+      }
+      const cancelled = abort.signal.aborted;
+      for (const c of k.link?.allClients() ?? []) c.close(cancelled ? WsClose.Normal : WsClose.InternalError, cancelled ? 'kernel shut down' : 'kernel failed to start');
+      this.remove(k);
+      await this.o.state?.remove(k.id).catch(() => undefined);
+      if (cancelled) {
+        this.o.log.info({ kernel: k.id, name: k.name }, 'kernel start cancelled: it was shut down while starting');
+        throw kernelStartCancelled(k.id);
+      }
+      throw e;
+    } finally {
+      if (k.launching === abort) k.launching = undefined;
     }
   }
 
@@ -325,35 +426,80 @@ export class KernelManager {
   async stopUnlisted(k: ManagedKernel): Promise<void> {
     k.phase = 'shutting_down';
     await this.stopProcess(k, false);
-    k.heartbeat?.stop();
+    k.stopWatching();
     k.link?.close();
     await this.o.state?.remove(k.id).catch(() => undefined);
   }
 
-  /** Records the kernel so another gateway process can adopt it. */
+  /**
+   * Records the kernel so another gateway process can adopt it, with the
+   * sessions attached to it (or parked for their reconnect) for the notice
+   * they get if this gateway dies.
+   */
   private async persist(k: ManagedKernel): Promise<void> {
     if (!this.o.state || !k.conn) return;
+    const sessions = this.sessionsOf(k);
+    k.recordedSessions = sessions.join('\n');
     try {
-      await this.o.state.save({ id: k.id, spec: k.spec, env: k.env, owner: k.owner ?? null, cwd: k.cwd, conn: k.conn, provisioner: k.provisioner.getInfo(), pooled: k.pooled });
+      await this.o.state.save({
+        id: k.id,
+        spec: k.spec,
+        env: k.env,
+        owner: k.owner ?? null,
+        cwd: k.cwd,
+        conn: k.conn,
+        provisioner: k.provisioner.getInfo(),
+        pooled: k.pooled,
+        sessions,
+      });
     } catch (e) {
       this.o.log.error({ err: e, kernel: k.id }, 'could not record the kernel in the state dir');
     }
   }
 
+  /** The sessions to record for a kernel: attached or parked now, and those inherited at adoption. */
+  private sessionsOf(k: ManagedKernel): string[] {
+    const keys = new Set([...(k.link?.sessionKeys() ?? []), ...k.inheritedSessions]);
+    return [...keys].sort().slice(0, MAX_RECORDED_SESSIONS);
+  }
+
   /**
-   * Adopts the kernels recorded in the state dir by a gateway that is gone:
-   * each one still alive is taken over (same id, same process, same
-   * connection) once it answers; the dead ones are cleaned up. Kernels that
-   * were waiting in a pool are stopped (the pool starts fresh ones).
+   * On the state dir's sync timer (never per message): rewrites the record of
+   * each running kernel of this gateway whose sessions changed since.
    */
-  async adopt(timeoutMs = 10_000): Promise<{ adopted: string[]; cleaned: string[] }> {
+  private async recordSessions(): Promise<void> {
+    for (const k of [...this.kernels.values()]) {
+      if (k.follower || k.phase !== 'running' || !k.link) continue;
+      if (this.sessionsOf(k).join('\n') === k.recordedSessions) continue;
+      await this.persist(k);
+      // Shut down while the record was written: it must not outlive the kernel.
+      if (this.kernels.get(k.id) !== k || (k.phase as KernelPhase) === 'shutting_down') await this.o.state?.remove(k.id).catch(() => undefined);
+    }
+  }
+
+  /**
+   * Adopts the kernels recorded in the state dir by a gateway that is gone,
+   * and returns as soon as the records are read: the gateway listens at once.
+   * A recorded kernel whose process is alive is taken over (same id, same
+   * process, same connection) and listed at once; it is never killed for not
+   * answering (a kernel busy in native code answers only its heartbeat, which
+   * decides its life as for any kernel). Until it answers kernel_info, its
+   * clients' messages wait in the link. Sessions that were attached are told,
+   * when they reconnect, that output may have been lost. Dead kernels are
+   * cleaned up; live ones that waited in a pool are stopped in the background
+   * (the pool starts fresh ones). Kernels of another gateway process that is
+   * still alive on the same state dir are left to it (they are followed).
+   */
+  async adopt(nudgeMs = ADOPT_NUDGE_MS): Promise<{ adopted: string[]; cleaned: string[] }> {
     const adopted: string[] = [];
     const cleaned: string[] = [];
-    if (!this.o.state) return { adopted, cleaned };
-    const records = await this.o.state.loadAll();
+    const state = this.o.state;
+    if (!state) return { adopted, cleaned };
+    const records = await state.loadAll();
     await Promise.all(
       records.map(async (r) => {
         if (this.kernels.has(r.id)) return;
+        if (r.gateway.instance !== state.instance && r.gateway.pid !== process.pid && isProcessAlive(r.gateway.pid)) return;
         let p: Provisioner;
         try {
           p = this.o.provisionerFor(r.spec);
@@ -362,36 +508,76 @@ export class KernelManager {
           this.o.log.warn({ err: e, kernel: r.id }, 'cannot adopt a recorded kernel: its provisioner is not available');
           return;
         }
-        const k = new ManagedKernel(r.id, r.spec, p, r.env, r.owner ?? undefined, r.cwd);
-        k.conn = r.conn;
         const alive = (await p.poll()) === undefined;
         if (alive && !r.pooled) {
+          const k = new ManagedKernel(r.id, r.spec, p, r.env, r.owner ?? undefined, r.cwd);
+          k.conn = r.conn;
           k.link = new KernelLink(r.conn, { ...this.o.link, log: this.o.log.child({ kernel: k.id }) });
+          // Before any client can attach: those that were attached get the notice on reconnect.
+          k.inheritedSessions = (r.sessions ?? []).filter((key) => typeof key === 'string').slice(0, MAX_RECORDED_SESSIONS);
+          if (k.inheritedSessions.length > 0) k.link.markSessionsLost(k.inheritedSessions, ADOPTION_NOTICE);
           k.link.open();
-          try {
-            await k.link.nudge(timeoutMs);
-            const generation = ++k.generation;
-            this.watch(k, generation, r.conn);
-            k.phase = 'running';
-            this.kernels.set(k.id, k);
-            await this.persist(k);
-            adopted.push(k.id);
-            return;
-          } catch {
-            k.link.close();
-          }
+          const generation = ++k.generation;
+          k.phase = 'running';
+          k.awaitingAnswer = true;
+          this.kernels.set(k.id, k);
+          // Recorded again at once: this gateway watches it from now on.
+          await this.persist(k);
+          this.watch(k, generation, r.conn);
+          void this.untilAnswered(k, generation, nudgeMs);
+          adopted.push(k.id);
+          return;
         }
-        if ((await p.poll()) === undefined) {
-          await p.terminate(false);
-          if (!(await p.wait(TERMINATE_WAIT_MS))) await p.kill(false);
+        cleaned.push(r.id);
+        if (alive) {
+          void this.stopAdopted(p, r.id);
+          return;
         }
         await p.cleanup(false).catch(() => undefined);
-        await this.o.state!.remove(r.id);
-        cleaned.push(r.id);
+        await state.remove(r.id);
       }),
     );
     if (records.length > 0) this.o.log.info({ adopted: adopted.length, cleaned: cleaned.length }, 'adopted the kernels of an earlier gateway');
     return { adopted, cleaned };
+  }
+
+  /** Stops a recorded kernel that is not taken over (it waited in a pool). */
+  private async stopAdopted(p: Provisioner, id: string): Promise<void> {
+    try {
+      await p.terminate(false);
+      if (!(await p.wait(TERMINATE_WAIT_MS))) await p.kill(false);
+      await p.cleanup(false).catch(() => undefined);
+      await this.o.state?.remove(id);
+    } catch (e) {
+      this.o.log.warn({ err: e, kernel: id }, 'could not stop a recorded pooled kernel');
+    }
+  }
+
+  /**
+   * Asks an adopted kernel for kernel_info, round after round, until it
+   * answers; then its clients' held messages go out. Stops when the kernel is
+   * relaunched, shut down or let go (its generation moves on, or stopWatching()).
+   */
+  private async untilAnswered(k: ManagedKernel, generation: number, nudgeMs: number): Promise<void> {
+    const abort = new AbortController();
+    k.readiness = abort;
+    const current = (): boolean => !abort.signal.aborted && k.generation === generation && this.kernels.get(k.id) === k;
+    let rounds = 0;
+    try {
+      while (current()) {
+        try {
+          await k.link!.nudge(nudgeMs, abort.signal);
+          k.awaitingAnswer = false;
+          this.o.log.info({ kernel: k.id, afterMs: rounds * nudgeMs }, 'adopted kernel answers; its clients are relayed');
+          return;
+        } catch {
+          if (!current()) return;
+          if (rounds++ === 0) this.o.log.warn({ kernel: k.id }, 'adopted kernel does not answer yet (busy?); it is kept while its process and heartbeat live, and its clients wait');
+        }
+      }
+    } finally {
+      if (k.readiness === abort) k.readiness = undefined;
+    }
   }
 
   /**
@@ -400,9 +586,13 @@ export class KernelManager {
    */
   async releaseAll(): Promise<void> {
     clearInterval(this.syncTimer);
-    for (const k of this.kernels.values()) {
+    // A start not completed has no record to adopt: it is cancelled, not left running unrecorded.
+    await Promise.allSettled(this.list().filter((k) => k.phase === 'starting').map((k) => this.shutdown(k.id)));
+    for (const k of [...this.kernels.values()]) {
+      // The sessions as they are now, so the next gateway tells them what they missed.
+      if (!k.follower && k.phase === 'running') await this.persist(k);
       k.generation++;
-      k.heartbeat?.stop();
+      k.stopWatching();
       for (const c of k.link?.allClients() ?? []) c.close(WsClose.GoingAway, 'kgate is restarting; the kernel keeps running');
       k.link?.close();
     }
@@ -450,16 +640,31 @@ export class KernelManager {
     if (k.phase !== 'running') throw kernelRestarting(id);
     if (k.follower) return this.restartFollowed(k);
     k.phase = 'restarting';
-    const op = this.relaunch(k, true);
-    k.pending = op;
+    const abort = new AbortController();
+    k.launching = abort;
+    const op = this.relaunch(k, true, abort.signal);
+    const settled = op.catch(() => undefined);
+    k.pending = settled;
     try {
       await op;
+    } catch (e) {
+      // A shutdown came meanwhile: it stops and removes the kernel.
+      if (abort.signal.aborted) throw kernelStartCancelled(k.id, 'restart');
+      this.giveUp(k, e instanceof Error ? e.message : String(e));
+      throw e;
     } finally {
-      k.pending = undefined;
+      if (k.launching === abort) k.launching = undefined;
+      // A shutdown that came meanwhile made its own operation the pending one: it stays.
+      if (k.pending === settled) k.pending = undefined;
     }
     return k;
   }
 
+  /**
+   * Shuts the kernel down. One that is still starting or restarting has its
+   * launch aborted first (the start answers KG_KERNEL_START_CANCELLED), and
+   * the shutdown completes once that launch has cleaned up.
+   */
   async shutdown(id: string, why = 'kernel shut down'): Promise<void> {
     const k = await this.find(id);
     // A followed kernel's record goes first, so its owner takes the exit for a shutdown, not a crash.
@@ -467,6 +672,7 @@ export class KernelManager {
     if (k.phase === 'shutting_down' && k.pending) return k.pending;
     const previous = k.pending;
     k.phase = 'shutting_down';
+    k.launching?.abort(kernelStartCancelled(k.id));
     const op = (async () => {
       await previous?.catch(() => undefined);
       await this.stopProcess(k, false);
@@ -523,7 +729,7 @@ export class KernelManager {
   }
 
   private remove(k: ManagedKernel): void {
-    k.heartbeat?.stop();
+    k.stopWatching();
     k.link?.close();
     void this.o.state?.remove(k.id).catch(() => undefined);
     if (this.kernels.get(k.id) === k) {
@@ -537,29 +743,41 @@ export class KernelManager {
     return Number.isFinite(asked) && asked > 0 ? Math.min(asked * 1000, this.o.launchTimeoutMs * 4) : this.o.launchTimeoutMs;
   }
 
+  /**
+   * The kernel's working directory: KERNEL_WORKING_DIR confined to the root
+   * dir (--root-dir), symlinks followed (realpath), relative names taken under
+   * the root; the root itself when none is asked for. Anything else is a 400
+   * that states the rule and never echoes the value.
+   */
   private async workingDir(env: Record<string, string>): Promise<string> {
     const asked = env['KERNEL_WORKING_DIR'];
-    if (asked && asked.startsWith('/')) {
-      try {
-        if ((await stat(asked)).isDirectory()) return asked;
-      } catch {
-        // fall through to the root dir
-      }
-      this.o.log.warn('KERNEL_WORKING_DIR is not a directory here; using the root dir');
+    if (asked === undefined || asked === '') return this.o.rootDir;
+    const refused = badRequest('KERNEL_WORKING_DIR must name an existing directory inside the root dir (--root-dir); a relative name is taken under it');
+    const root = await realpath(this.o.rootDir).catch(() => resolve(this.o.rootDir));
+    let real: string;
+    try {
+      real = await realpath(resolve(root, asked));
+      if (!(await stat(real)).isDirectory()) throw refused;
+    } catch {
+      throw refused;
     }
-    return this.o.rootDir;
+    const inside = root.endsWith(sep) ? root : root + sep;
+    if (real !== root && !real.startsWith(inside)) throw refused;
+    return real;
   }
 
   /**
    * Launches (or relaunches, reusing the connection) and waits until the
    * kernel answers `kernel_info_request` and iopub flows, or it dies, or the
-   * timeout passes.
+   * timeout passes, or `signal` aborts (a shutdown). When it rejects, the
+   * process it started is gone (killed and waited for).
    */
-  private async launch(k: ManagedKernel, timeoutMs: number, reuse: ConnectionInfo | undefined, attempt = 1): Promise<void> {
+  private async launch(k: ManagedKernel, timeoutMs: number, reuse: ConnectionInfo | undefined, signal?: AbortSignal, attempt = 1): Promise<void> {
     const generation = ++k.generation;
     const key = reuse?.key ?? randomBytes(32).toString('hex');
     k.startedAt = Date.now();
-    const conn = await k.provisioner.launch({ kernelId: k.id, spec: k.spec, key, env: k.env, cwd: k.cwd, reuse });
+    // Without a state dir nothing can adopt a kernel, so it must not outlive this gateway.
+    const conn = await k.provisioner.launch({ kernelId: k.id, spec: k.spec, key, env: k.env, cwd: k.cwd, reuse, signal, endWithGateway: !this.o.state });
     k.conn = conn;
     if (!k.link) {
       k.link = new KernelLink(conn, { ...this.o.link, log: this.o.log.child({ kernel: k.id }) });
@@ -568,20 +786,23 @@ export class KernelManager {
     const died = new AbortController();
     void k.provisioner.exited().then((code) => died.abort(new Error(`the kernel exited with code ${code} while starting`)));
     try {
-      await k.link.nudge(timeoutMs, died.signal);
+      await k.link.nudge(timeoutMs, signal ? AbortSignal.any([died.signal, signal]) : died.signal);
     } catch (e) {
       // Read before the kill below, whose exit would abort the signal too.
       const exitedWhileStarting = died.signal.aborted;
       const tail = k.provisioner.diagnostics();
       await k.provisioner.kill(false).catch(() => undefined);
-      await k.provisioner.cleanup(false).catch(() => undefined);
+      await k.provisioner.wait(TERMINATE_WAIT_MS);
+      // A relaunch keeps what the next attempt reuses (the connection file is rewritten, the private home kept).
+      await k.provisioner.cleanup(reuse !== undefined).catch(() => undefined);
+      if (signal?.aborted) throw signal.reason;
       // Ports are probed free, then bound by the kernel: another process can take one in
       // between. A fresh start then simply tries again with new ports.
       if (exitedWhileStarting && !reuse && attempt < PORT_RACE_ATTEMPTS && /address already in use/i.test(tail)) {
         this.o.log.warn({ kernel: k.id, attempt }, 'a kernel port was taken before the kernel bound it; starting again with new ports');
         k.link?.close();
         k.link = undefined;
-        return this.launch(k, timeoutMs, undefined, attempt + 1);
+        return this.launch(k, timeoutMs, undefined, signal, attempt + 1);
       }
       const detail = `${e instanceof Error ? e.message : String(e)}${tail ? `; its stderr ends with: ${tail.slice(-1000)}` : ''}`;
       if (exitedWhileStarting) throw kernelStartFailed(`kernel ${k.name} failed to start: ${detail}`, e);
@@ -589,6 +810,7 @@ export class KernelManager {
     } finally {
       died.abort();
     }
+    k.awaitingAnswer = false;
     this.watch(k, generation, conn);
   }
 
@@ -604,7 +826,7 @@ export class KernelManager {
   /** Stops the current kernel process: shutdown_request, then SIGTERM, then SIGKILL. */
   private async stopProcess(k: ManagedKernel, restart: boolean): Promise<void> {
     k.generation++;
-    k.heartbeat?.stop();
+    k.stopWatching();
     k.link?.suspend();
     const p = k.provisioner;
     if ((await p.poll()) === undefined) {
@@ -620,28 +842,33 @@ export class KernelManager {
     await p.cleanup(restart);
   }
 
-  private async relaunch(k: ManagedKernel, graceful: boolean): Promise<void> {
+  /** Stops the process (gracefully, or at once when it died) and launches it again on the same connection. */
+  private async relaunch(k: ManagedKernel, graceful: boolean, signal: AbortSignal): Promise<void> {
     const conn = k.conn;
     if (graceful) {
       await this.stopProcess(k, true);
     } else {
       k.generation++;
-      k.heartbeat?.stop();
+      k.stopWatching();
       k.link?.suspend();
       await k.provisioner.kill(true);
       await k.provisioner.wait(TERMINATE_WAIT_MS);
       await k.provisioner.cleanup(true);
     }
-    try {
-      await this.launch(k, this.launchTimeout(k.env), conn);
-    } catch (e) {
-      this.giveUp(k, e instanceof Error ? e.message : String(e));
-      throw e;
-    }
+    signal.throwIfAborted();
+    await this.launch(k, this.launchTimeout(k.env), conn, signal);
+    signal.throwIfAborted();
     if (k.phase === 'restarting') k.phase = 'running';
     await this.persist(k);
   }
 
+  /**
+   * A kernel of this gateway died (its process exited, or its heartbeat
+   * stopped): it is restarted on the same connection, up to --restart-limit
+   * attempts in a row (a kernel that ran STABLE_RUN_MS since its last launch
+   * starts the count again). A replacement that dies while it starts is one
+   * failed attempt, and the next one follows after restartBackoffMs().
+   */
   private async onDeath(k: ManagedKernel, generation: number, why: string): Promise<void> {
     if (k.generation !== generation || k.phase !== 'running') return;
     if (this.o.state && !(await this.o.state.load(k.id))) {
@@ -649,24 +876,46 @@ export class KernelManager {
       this.forget(k, 'kernel shut down');
       return;
     }
+    if (k.generation !== generation || k.phase !== 'running') return;
     if (Date.now() - k.startedAt > STABLE_RUN_MS) k.restarts = 0;
-    if (k.restarts >= this.o.restartLimit) {
-      this.giveUp(k, `${why}; ${k.restarts} automatic restarts did not keep it alive`);
-      return;
-    }
-    k.restarts++;
-    this.o.log.warn({ kernel: k.id, why, attempt: k.restarts }, 'kernel died; restarting it');
     k.phase = 'restarting';
     k.link?.broadcastStatus('restarting');
-    const op = this.relaunch(k, false);
+    const abort = new AbortController();
+    k.launching = abort;
+    const op = this.restartAfterDeath(k, why, abort.signal);
     k.pending = op;
     try {
       await op;
-      this.o.log.info({ kernel: k.id }, 'kernel restarted');
-    } catch {
-      // giveUp already told the clients
     } finally {
-      k.pending = undefined;
+      if (k.launching === abort) k.launching = undefined;
+      if (k.pending === op) k.pending = undefined;
+    }
+  }
+
+  private async restartAfterDeath(k: ManagedKernel, why: string, signal: AbortSignal): Promise<void> {
+    const limit = this.o.restartLimit;
+    let reason = why;
+    for (;;) {
+      if (k.restarts >= limit) {
+        this.giveUp(k, `${reason}; ${k.restarts} automatic restart attempts in a row (--restart-limit ${limit}) did not keep it alive`);
+        return;
+      }
+      const attempt = ++k.restarts;
+      const waitMs = restartBackoffMs(attempt);
+      const msg = attempt === 1 || reason === why ? `kernel died; restart attempt ${attempt} of ${limit}` : `restart attempt ${attempt} of ${limit} in ${waitMs} ms`;
+      this.o.log.warn({ kernel: k.id, why: reason, attempt, limit, waitMs }, msg);
+      await sleep(waitMs, signal);
+      if (signal.aborted) return;
+      try {
+        await this.relaunch(k, false, signal);
+        this.o.log.info({ kernel: k.id, attempt, limit }, `kernel restarted (attempt ${attempt} of ${limit})`);
+        return;
+      } catch (e) {
+        // A shutdown came meanwhile: it stops and removes the kernel.
+        if (signal.aborted) return;
+        reason = e instanceof Error ? e.message : String(e);
+        this.o.log.warn({ kernel: k.id, attempt, limit, err: reason }, `restart attempt ${attempt} of ${limit} failed`);
+      }
     }
   }
 

@@ -23,6 +23,12 @@ export interface KernelRecord {
   gateway: { pid: number; instance: string };
   /** A kernel waiting in a warm pool, not handed out. */
   pooled: boolean;
+  /**
+   * Identity keys of the client sessions attached (or parked for their
+   * reconnect) when last recorded: after an adoption each is told that output
+   * may have been lost. Absent in records of older versions.
+   */
+  sessions?: string[];
 }
 
 const ID = /^[A-Za-z0-9-]{1,64}$/;

@@ -47,6 +47,17 @@ export interface LaunchRequest {
   cwd?: string;
   /** On restart: the connection to reuse, so clients' links reconnect by themselves. */
   reuse?: ConnectionInfo;
+  /**
+   * Aborted when the kernel is shut down before the launch completes: the
+   * provisioner then stops what it started, removes what it wrote (the
+   * connection file holds the key) and rejects with `signal.reason`.
+   */
+  signal?: AbortSignal;
+  /**
+   * The kernel must not outlive the gateway process: nothing could adopt it
+   * (no state dir). A local provisioner ties it to the gateway's life.
+   */
+  endWithGateway?: boolean;
 }
 
 /** What a provisioner records about a kernel: JSON-serialisable, without the key. */
@@ -54,7 +65,11 @@ export type ProvisionerInfo = { provisioner: string } & Record<string, unknown>;
 
 export interface Provisioner {
   readonly name: string;
-  /** Starts the kernel and answers its connection info (ports bound or about to be). */
+  /**
+   * Starts the kernel and answers its connection info (ports bound or about to
+   * be). When it rejects, for whatever reason, nothing it started or wrote is
+   * left behind.
+   */
   launch(req: LaunchRequest): Promise<ConnectionInfo>;
   /** `undefined` while the kernel runs, else its exit code (or -1 when unknown). */
   poll(): Promise<number | undefined>;

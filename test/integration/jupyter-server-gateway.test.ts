@@ -29,7 +29,8 @@
  *   kgate keeps only `KERNEL_*` and `--env-allow` names.
  */
 import { randomBytes, createHash } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, realpathSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -103,7 +104,9 @@ async function startThroughNotebook(): Promise<string> {
 }
 
 beforeAll(async () => {
-  t = await startGateway(['--env-allow', 'KGATE_E2E_ALLOWED']);
+  // The notebook server's root dir is made under the temp dir; kgate's --root-dir must hold it,
+  // since the KERNEL_WORKING_DIR it sends for a notebook session is confined there.
+  t = await startGateway(['--env-allow', 'KGATE_E2E_ALLOWED', '--root-dir', realpathSync(tmpdir())]);
   t.gw.app.server.on('request', (req) => requests.push(req.url ?? ''));
   t.gw.app.server.on('upgrade', (req) => upgrades.push({ url: req.url ?? '', protocols: req.headers['sec-websocket-protocol'] }));
   nb = await startJupyterServer({
@@ -303,7 +306,10 @@ describe('jupyter server --gateway-url pointed at kgate', () => {
     const seen = JSON.parse(out) as { cwd: string; env: Record<string, string | null> };
     expect(seen.cwd).toBe(join(nb.rootDir, 'sub'));
     // The notebook server sent its whole environment (SessionManager.get_kernel_env); kgate kept KERNEL_* only.
-    expect(seen.env).toEqual({ KERNEL_WORKING_DIR: join(nb.rootDir, 'sub'), KERNEL_USERNAME: 'alice', JPY_SESSION_NAME: null, NB_PRIVATE: null, JUPYTER_RUNTIME_DIR: process.env['JUPYTER_RUNTIME_DIR'] ?? null });
+    // JUPYTER_RUNTIME_DIR is the kernel's own, in its private home: neither the notebook server's nor kgate's.
+    const { JUPYTER_RUNTIME_DIR: runtimeDir, ...rest } = seen.env;
+    expect(rest).toEqual({ KERNEL_WORKING_DIR: join(nb.rootDir, 'sub'), KERNEL_USERNAME: 'alice', JPY_SESSION_NAME: null, NB_PRIVATE: null });
+    expect(runtimeDir).toMatch(/\/home-[0-9a-f-]+\/\.local\/share\/jupyter\/runtime$/);
     c.close();
     expect((await nb.api(`api/sessions/${session.id}`, { method: 'DELETE' })).status).toBe(204);
     expect((await t.api(`api/kernels/${session.kernel.id}`)).status).toBe(404);

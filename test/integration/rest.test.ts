@@ -3,12 +3,18 @@
  * read it: status codes, Location headers, the kernel model and its
  * `last_activity` format, sessions, and `env` reaching the kernel.
  */
+import { mkdirSync, mkdtempSync, realpathSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KernelClient, startGateway, stdout, type TestGateway } from '../helpers/gateway.js';
 
 let t: TestGateway;
+/** --root-dir: KERNEL_WORKING_DIR must name a directory inside it. */
+const rootDir = realpathSync(mkdtempSync(join(tmpdir(), 'kgate-rest-root-')));
 beforeAll(async () => {
-  t = await startGateway();
+  mkdirSync(join(rootDir, 'work'));
+  t = await startGateway(['--root-dir', rootDir]);
 });
 afterAll(async () => {
   await t.close();
@@ -159,11 +165,11 @@ describe('env', () => {
   });
 
   it('runs the kernel in KERNEL_WORKING_DIR', async () => {
-    const id = await t.startKernel('python3', { KERNEL_WORKING_DIR: '/tmp' });
+    const id = await t.startKernel('python3', { KERNEL_WORKING_DIR: join(rootDir, 'work') });
     const c = await KernelClient.connect(t, id);
     const m = c.execute('import os; print(os.getcwd())');
     await c.reply(m);
-    expect(stdout(c.outputs(m)).trim()).toBe('/tmp');
+    expect(stdout(c.outputs(m)).trim()).toBe(join(rootDir, 'work'));
     c.close();
     await t.api(`api/kernels/${id}`, { method: 'DELETE' });
   });

@@ -1,10 +1,20 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { GatewayContext } from '../context.js';
 import { startKernelBody } from '../schemas.js';
 import { parseBody } from '../validate.js';
 
 interface IdParams {
   id: string;
+}
+
+/**
+ * Who asked for an operation on a kernel, for the log at info level: the
+ * identity's user (when it has one), the remote address and the route
+ * pattern. Never the URL as sent, whose query may hold a token.
+ */
+export function askedBy(req: FastifyRequest): { user?: string; remote: string; route: string } {
+  const user = req.identity?.user;
+  return { ...(user !== undefined ? { user } : {}), remote: req.ip, route: `${req.method} ${req.routeOptions.url ?? ''}` };
 }
 
 export function kernelRoutes(app: FastifyInstance, ctx: GatewayContext): void {
@@ -20,15 +30,24 @@ export function kernelRoutes(app: FastifyInstance, ctx: GatewayContext): void {
 
   app.get<{ Params: IdParams }>('/api/kernels/:id', async (req) => (await kernels.find(req.params.id)).model());
 
+  // Logged once the kernel is known to exist (a guessed id is a plain 404, not a log line).
   app.delete<{ Params: IdParams }>('/api/kernels/:id', async (req, reply) => {
-    await kernels.shutdown((await kernels.find(req.params.id)).id);
+    const k = await kernels.find(req.params.id);
+    req.log.info({ kernel: k.id, ...askedBy(req) }, 'client asked to shut the kernel down');
+    await kernels.shutdown(k.id);
     return reply.code(204).send();
   });
 
   app.post<{ Params: IdParams }>('/api/kernels/:id/interrupt', async (req, reply) => {
-    await kernels.interrupt(req.params.id);
+    const k = await kernels.find(req.params.id);
+    req.log.info({ kernel: k.id, ...askedBy(req) }, 'client asked to interrupt the kernel');
+    await kernels.interrupt(k.id);
     return reply.code(204).send();
   });
 
-  app.post<{ Params: IdParams }>('/api/kernels/:id/restart', async (req) => (await kernels.restart(req.params.id)).model());
+  app.post<{ Params: IdParams }>('/api/kernels/:id/restart', async (req) => {
+    const k = await kernels.find(req.params.id);
+    req.log.info({ kernel: k.id, ...askedBy(req) }, 'client asked to restart the kernel');
+    return (await kernels.restart(k.id)).model();
+  });
 }

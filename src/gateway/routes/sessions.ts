@@ -3,13 +3,14 @@ import { badRequest } from '../../errors.js';
 import type { GatewayContext } from '../context.js';
 import { createSessionBody, patchSessionBody } from '../schemas.js';
 import { parseBody } from '../validate.js';
+import { askedBy } from './kernels.js';
 
 interface IdParams {
   id: string;
 }
 
 export function sessionRoutes(app: FastifyInstance, ctx: GatewayContext): void {
-  const { sessions, baseUrl } = ctx;
+  const { sessions, kernels, baseUrl } = ctx;
 
   app.get('/api/sessions', async () => sessions.list().map((s) => sessions.model(s)));
 
@@ -31,11 +32,18 @@ export function sessionRoutes(app: FastifyInstance, ctx: GatewayContext): void {
 
   app.patch<{ Params: IdParams }>('/api/sessions/:id', async (req) => {
     const body = parseBody(patchSessionBody, req.body);
+    const before = sessions.get(req.params.id);
+    // A kernel named by kernelspec only replaces the session's kernel, which is shut down (see SessionManager.update).
+    if (body.kernel?.name !== undefined && body.kernel.id === undefined && kernels.has(before.kernelId)) {
+      req.log.info({ kernel: before.kernelId, session: before.id, ...askedBy(req) }, "client asked to replace the session's kernel: the old one is shut down");
+    }
     const s = await sessions.update(req.params.id, { ...body, kernel: body.kernel ?? undefined, user: req.identity?.user });
     return sessions.model(s);
   });
 
   app.delete<{ Params: IdParams }>('/api/sessions/:id', async (req, reply) => {
+    const s = sessions.get(req.params.id);
+    if (kernels.has(s.kernelId)) req.log.info({ kernel: s.kernelId, session: s.id, ...askedBy(req) }, 'client asked to delete the session: its kernel is shut down');
     await sessions.delete(req.params.id);
     return reply.code(204).send();
   });
