@@ -1,12 +1,14 @@
 /**
  * Writes the generated parts of docs/ from the code they describe, so they
- * cannot drift: the options table of docs/configuration.md from src/config.ts.
+ * cannot drift: the options table of docs/configuration.md from src/config.ts,
+ * the error table of docs/api.md from src/gateway/http-errors.ts.
  * `npm run docs` writes them; `--check` exits 1 when a file is out of date
  * (test/unit/docs.test.ts runs that check in `npm test`).
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { optionsTable } from '../src/config.js';
+import { errorTable } from '../src/gateway/http-errors.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
@@ -16,7 +18,10 @@ interface Block {
   render(): string;
 }
 
-export const BLOCKS: Block[] = [{ file: 'docs/configuration.md', name: 'options', render: optionsTable }];
+export const BLOCKS: Block[] = [
+  { file: 'docs/configuration.md', name: 'options', render: optionsTable },
+  { file: 'docs/api.md', name: 'errors', render: errorTable },
+];
 
 /** `text` with the block between `<!-- NAME:begin -->` and `<!-- NAME:end -->` replaced by `body`. */
 export function fill(text: string, name: string, body: string): string {

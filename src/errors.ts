@@ -28,31 +28,16 @@ export interface ErrorBody {
   code: string;
 }
 
-export class KgateError extends Error {
-  readonly code: string;
-  readonly status: number;
-  readonly reason: string;
-
-  constructor(code: string, status: number, reason: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'KgateError';
-    this.code = code;
-    this.status = status;
-    this.reason = reason;
-  }
-
-  toBody(): ErrorBody {
-    return { reason: this.reason, message: this.message, code: this.code };
-  }
-}
-
 /**
- * The catalogue of codes. `test/errors.test.ts` checks that every code used is
- * documented in the README's error table.
+ * The catalogue of codes. Each one's HTTP status, and the sentence that
+ * documents it, live in one gateway-side table (src/gateway/http-errors.ts),
+ * from which docs/api.md's error table and the OpenAPI document are made.
  */
 export const ErrorCodes = {
   BAD_REQUEST: 'KG_BAD_REQUEST',
   INVALID_JSON: 'KG_INVALID_JSON',
+  REQUEST_TIMEOUT: 'KG_REQUEST_TIMEOUT',
+  HEADERS_TOO_LARGE: 'KG_HEADERS_TOO_LARGE',
   UNAUTHORIZED: 'KG_UNAUTHORIZED',
   FORBIDDEN: 'KG_FORBIDDEN',
   NOT_FOUND: 'KG_NOT_FOUND',
@@ -63,6 +48,10 @@ export const ErrorCodes = {
   KERNEL_START_FAILED: 'KG_KERNEL_START_FAILED',
   KERNEL_START_TIMEOUT: 'KG_KERNEL_START_TIMEOUT',
   KERNEL_START_CANCELLED: 'KG_KERNEL_START_CANCELLED',
+  KERNEL_UNSCHEDULABLE: 'KG_KERNEL_UNSCHEDULABLE',
+  KERNEL_IMAGE_UNAVAILABLE: 'KG_KERNEL_IMAGE_UNAVAILABLE',
+  KERNEL_LAUNCH_RETRYABLE: 'KG_KERNEL_LAUNCH_RETRYABLE',
+  TENANT_QUOTA: 'KG_TENANT_QUOTA',
   KERNEL_DEAD: 'KG_KERNEL_DEAD',
   KERNEL_BUSY_RESTARTING: 'KG_KERNEL_RESTARTING',
   KERNEL_LIMIT: 'KG_KERNEL_LIMIT',
@@ -72,41 +61,49 @@ export const ErrorCodes = {
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
 
-export const badRequest = (message: string): KgateError =>
-  new KgateError(ErrorCodes.BAD_REQUEST, 400, 'Bad Request', message);
-export const invalidJson = (message: string): KgateError =>
-  new KgateError(ErrorCodes.INVALID_JSON, 400, 'Bad Request', message);
-export const unauthorized = (): KgateError =>
-  new KgateError(ErrorCodes.UNAUTHORIZED, 401, 'Unauthorized', 'a valid token is required (Authorization: token X, or ?token=X)');
+/**
+ * Every error kgate raises on purpose. It carries a stable code, a message
+ * for the client and a cause for the log; what HTTP status or close code it
+ * becomes is the gateway's business, never the raiser's.
+ */
+export class KgateError extends Error {
+  readonly code: ErrorCode;
+  /** Seconds after which the same request may succeed (an unschedulable or retryable launch). */
+  readonly retryAfterSec: number | undefined;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; retryAfterSec?: number | undefined }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'KgateError';
+    this.code = code;
+    this.retryAfterSec = options?.retryAfterSec;
+  }
+}
+
+export const badRequest = (message: string): KgateError => new KgateError(ErrorCodes.BAD_REQUEST, message);
+export const invalidJson = (message: string): KgateError => new KgateError(ErrorCodes.INVALID_JSON, message);
+export const unauthorized = (): KgateError => new KgateError(ErrorCodes.UNAUTHORIZED, 'a valid token is required (Authorization: token X, or ?token=X)');
 export const forbiddenOrigin = (origin: string): KgateError =>
-  new KgateError(ErrorCodes.FORBIDDEN, 403, 'Forbidden', `origin ${JSON.stringify(truncate(origin))} is not allowed (see --allow-origin)`);
-export const notFound = (message: string): KgateError =>
-  new KgateError(ErrorCodes.NOT_FOUND, 404, 'Not Found', message);
-export const kernelNotFound = (id: string): KgateError =>
-  new KgateError(ErrorCodes.KERNEL_NOT_FOUND, 404, 'Not Found', `no kernel with id ${JSON.stringify(truncate(id))}`);
-export const kernelspecNotFound = (name: string): KgateError =>
-  new KgateError(ErrorCodes.KERNELSPEC_NOT_FOUND, 404, 'Not Found', `no kernelspec named ${JSON.stringify(truncate(name))}`);
-export const sessionNotFound = (id: string): KgateError =>
-  new KgateError(ErrorCodes.SESSION_NOT_FOUND, 404, 'Not Found', `no session with id ${JSON.stringify(truncate(id))}`);
-export const methodNotAllowed = (method: string, url: string): KgateError =>
-  new KgateError(ErrorCodes.METHOD_NOT_ALLOWED, 405, 'Method Not Allowed', `${method} is not allowed on ${truncate(url)}`);
-export const kernelStartFailed = (message: string, cause?: unknown): KgateError =>
-  new KgateError(ErrorCodes.KERNEL_START_FAILED, 500, 'Internal Server Error', message, { cause });
-export const kernelStartTimeout = (message: string): KgateError =>
-  new KgateError(ErrorCodes.KERNEL_START_TIMEOUT, 504, 'Gateway Timeout', message);
-/** The kernel was shut down (DELETE, or the gateway stopping) before its start (or restart) completed. */
-export const kernelStartCancelled = (id: string, during = 'start'): KgateError =>
-  new KgateError(ErrorCodes.KERNEL_START_CANCELLED, 409, 'Conflict', `kernel ${truncate(id)} was shut down before its ${during} completed`);
-export const kernelDead = (id: string): KgateError =>
-  new KgateError(ErrorCodes.KERNEL_DEAD, 409, 'Conflict', `kernel ${id} is dead`);
-export const kernelRestarting = (id: string): KgateError =>
-  new KgateError(ErrorCodes.KERNEL_BUSY_RESTARTING, 409, 'Conflict', `kernel ${id} is already restarting or shutting down`);
-export const kernelLimit = (max: number): KgateError =>
-  new KgateError(ErrorCodes.KERNEL_LIMIT, 403, 'Forbidden', `the gateway runs its maximum of ${max} kernels; shut one down first`);
+  new KgateError(ErrorCodes.FORBIDDEN, `origin ${JSON.stringify(truncate(origin))} is not allowed (see --allow-origin)`);
+export const notFound = (message: string): KgateError => new KgateError(ErrorCodes.NOT_FOUND, message);
+export const kernelNotFound = (id: string): KgateError => new KgateError(ErrorCodes.KERNEL_NOT_FOUND, `no kernel with id ${JSON.stringify(truncate(id))}`);
+export const kernelspecNotFound = (name: string): KgateError => new KgateError(ErrorCodes.KERNELSPEC_NOT_FOUND, `no kernelspec named ${JSON.stringify(truncate(name))}`);
+export const sessionNotFound = (id: string): KgateError => new KgateError(ErrorCodes.SESSION_NOT_FOUND, `no session with id ${JSON.stringify(truncate(id))}`);
+export const methodNotAllowed = (method: string, url: string): KgateError => new KgateError(ErrorCodes.METHOD_NOT_ALLOWED, `${method} is not allowed on ${truncate(url)}`);
+export const kernelStartFailed = (message: string, cause?: unknown): KgateError => new KgateError(ErrorCodes.KERNEL_START_FAILED, message, { cause });
+export const kernelStartTimeout = (message: string): KgateError => new KgateError(ErrorCodes.KERNEL_START_TIMEOUT, message);
+export const kernelStartCancelled = (id: string, during: 'start' | 'restart' = 'start'): KgateError =>
+  new KgateError(ErrorCodes.KERNEL_START_CANCELLED, `kernel ${truncate(id)} was shut down before its ${during} completed`);
+export const kernelUnschedulable = (message: string, retryAfterSec = 30): KgateError => new KgateError(ErrorCodes.KERNEL_UNSCHEDULABLE, message, { retryAfterSec });
+export const kernelImageUnavailable = (message: string, cause?: unknown): KgateError => new KgateError(ErrorCodes.KERNEL_IMAGE_UNAVAILABLE, message, { cause });
+export const kernelLaunchRetryable = (message: string, retryAfterSec = 5, cause?: unknown): KgateError =>
+  new KgateError(ErrorCodes.KERNEL_LAUNCH_RETRYABLE, message, { cause, retryAfterSec });
+export const tenantQuota = (message: string): KgateError => new KgateError(ErrorCodes.TENANT_QUOTA, message);
+export const kernelDead = (id: string): KgateError => new KgateError(ErrorCodes.KERNEL_DEAD, `kernel ${id} is dead`);
+export const kernelRestarting = (id: string): KgateError => new KgateError(ErrorCodes.KERNEL_BUSY_RESTARTING, `kernel ${id} is already restarting or shutting down`);
+export const kernelLimit = (max: number): KgateError => new KgateError(ErrorCodes.KERNEL_LIMIT, `the gateway runs its maximum of ${max} kernels; shut one down first`);
 export const userKernelLimit = (user: string, max: number): KgateError =>
-  new KgateError(ErrorCodes.USER_KERNEL_LIMIT, 403, 'Forbidden', `user ${JSON.stringify(truncate(user))} runs the maximum of ${max} kernels per user; shut one down first`);
-export const internalError = (message: string, cause?: unknown): KgateError =>
-  new KgateError(ErrorCodes.INTERNAL, 500, 'Internal Server Error', message, { cause });
+  new KgateError(ErrorCodes.USER_KERNEL_LIMIT, `user ${JSON.stringify(truncate(user))} runs the maximum of ${max} kernels per user; shut one down first`);
+export const internalError = (message: string, cause?: unknown): KgateError => new KgateError(ErrorCodes.INTERNAL, message, { cause });
 
 /** Client input is echoed in messages only in part, so a 10 KB name does not come back whole. */
 export function truncate(s: string, max = 64): string {

@@ -8,7 +8,8 @@ import type { Socket } from 'node:net';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
-import { ErrorCodes, KgateError, invalidJson, notFound, truncate } from '../errors.js';
+import { ErrorCodes, KgateError, badRequest, invalidJson, notFound, truncate, unauthorized } from '../errors.js';
+import { errorBody, errorHeaders, httpStatusOf } from './http-errors.js';
 import { ReplayBudget } from '../bridge/replay.js';
 import { BUILTIN_KERNELSPECS, jupyterKernelDirs, KernelSpecStore } from '../kernels/kernelspecs.js';
 import { KernelCuller } from '../kernels/culler.js';
@@ -123,13 +124,13 @@ export function clientErrorHandler(log: Logger | undefined, csp: string | undefi
     }
     let e: KgateError;
     if (code === 'ERR_HTTP_REQUEST_TIMEOUT') {
-      e = new KgateError(ErrorCodes.BAD_REQUEST, 408, 'Request Timeout', 'the request was not received in time (see --request-timeout and --headers-timeout)');
+      e = new KgateError(ErrorCodes.REQUEST_TIMEOUT, 'the request was not received in time (see --request-timeout and --headers-timeout)');
     } else if (code === 'HPE_HEADER_OVERFLOW') {
-      e = new KgateError(ErrorCodes.BAD_REQUEST, 431, 'Request Header Fields Too Large', 'the request headers are too large');
+      e = new KgateError(ErrorCodes.HEADERS_TOO_LARGE, 'the request headers are too large');
     } else {
-      e = new KgateError(ErrorCodes.BAD_REQUEST, 400, 'Bad Request', `the request is not valid HTTP (${truncate(code, 40)})`);
+      e = badRequest(`the request is not valid HTTP (${truncate(code, 40)})`);
     }
-    log?.debug({ code, status: e.status }, 'refused a connection: malformed or too slow request');
+    log?.debug({ code, status: httpStatusOf(e) }, 'refused a connection: malformed or too slow request');
     // Never write into a response already under way on this socket (the peer would read garbage).
     const inFlight = (socket as Socket & { _httpMessage?: { headersSent?: boolean } })._httpMessage;
     if (inFlight?.headersSent) socket.destroy();
@@ -223,14 +224,15 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
     // CORS first: a preflight carries no token, and is answered here.
     if (origins.applyCors(req, reply)) return reply;
     const identity = auth.authenticate(req.headers, req.url);
-    if (!identity) throw new KgateError(ErrorCodes.UNAUTHORIZED, 401, 'Unauthorized', 'a valid token is required (Authorization: token X, or ?token=X)');
+    if (!identity) throw unauthorized();
     req.identity = identity;
   });
 
   app.setErrorHandler((err: FastifyError | KgateError, req, reply) => {
     if (err instanceof KgateError) {
-      if (err.status >= 500) req.log.error({ err, url: req.routeOptions.url }, 'request failed');
-      return reply.code(err.status).send(err.toBody());
+      const status = httpStatusOf(err);
+      if (status >= 500) req.log.error({ err, url: req.routeOptions.url }, 'request failed');
+      return reply.code(status).headers(errorHeaders(err)).send(errorBody(err));
     }
     const status = err.statusCode ?? 500;
     if (status < 500) {
@@ -243,7 +245,7 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
   });
   app.setNotFoundHandler((req, reply) => {
     const e = notFound(`no route ${req.method} ${req.url.split('?')[0]!.slice(0, 80)}`);
-    return reply.code(404).send(e.toBody());
+    return reply.code(404).send(errorBody(e));
   });
 
   // Every route under --base-url (the channels WebSocket matches it in channels.ts);

@@ -11,6 +11,7 @@ import { ClientRelay } from '../bridge/client-relay.js';
 import type { KernelLink } from '../bridge/kernel-link.js';
 import { V1_PROTOCOL } from '../bridge/ws-v1.js';
 import { ErrorCodes, KgateError, WsClose, badRequest, forbiddenOrigin, kernelNotFound, notFound, truncate, unauthorized } from '../errors.js';
+import { errorBody, errorHeaders, httpStatusOf, reasonPhrase } from './http-errors.js';
 import type { GatewayContext } from './context.js';
 import type { OriginPolicy } from './origin.js';
 import { sessionIdQuery } from './schemas.js';
@@ -51,10 +52,14 @@ export function refuse(socket: Duplex, e: KgateError, csp: string | undefined): 
     socket.destroy();
     return;
   }
-  const body = JSON.stringify(e.toBody());
+  const body = JSON.stringify(errorBody(e));
+  const status = httpStatusOf(e);
+  const extra = Object.entries(errorHeaders(e))
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join('');
   socket.once('finish', socket.destroy);
   socket.end(
-    `HTTP/1.1 ${e.status} ${e.reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${csp ? `Content-Security-Policy: ${csp}\r\n` : ''}Connection: close\r\n\r\n${body}`,
+    `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extra}${csp ? `Content-Security-Policy: ${csp}\r\n` : ''}Connection: close\r\n\r\n${body}`,
   );
 }
 
@@ -139,7 +144,7 @@ export class ChannelsEndpoint {
    */
   private onWsClientError(err: Error, socket: Duplex, req: IncomingMessage): void {
     const message = `WebSocket handshake: ${truncate(err.message, 120)}`;
-    const e = req.method === 'GET' ? badRequest(message) : new KgateError(ErrorCodes.METHOD_NOT_ALLOWED, 405, 'Method Not Allowed', message);
+    const e = req.method === 'GET' ? badRequest(message) : new KgateError(ErrorCodes.METHOD_NOT_ALLOWED, message);
     refuse(socket, e, this.options.csp);
   }
 
@@ -218,4 +223,4 @@ function decodeSegment(s: string): string {
   }
 }
 
-const internalError = (): KgateError => new KgateError(ErrorCodes.INTERNAL, 500, 'Internal Server Error', 'internal error; see the gateway log');
+const internalError = (): KgateError => new KgateError(ErrorCodes.INTERNAL, 'internal error; see the gateway log');

@@ -14,6 +14,7 @@ import { z } from 'zod';
 import { V1_PROTOCOL } from '../bridge/ws-v1.js';
 import { VERSION } from '../version.js';
 import type { GatewayContext } from './context.js';
+import { HTTP_ERRORS, type HttpErrorDef } from './http-errors.js';
 import * as s from './schemas.js';
 
 type Json = Record<string, unknown>;
@@ -41,18 +42,20 @@ const RESPONSE_SCHEMAS = {
 
 type Component = keyof typeof RESPONSE_SCHEMAS;
 
-/** Error answers by status; every one has the `Error` body. */
-const ERROR_RESPONSES = {
-  400: 'a body, query or path that fails validation, or a body that is not JSON',
-  401: 'no token, or a wrong one',
-  403: 'a kernel limit (--max-kernels, --max-kernels-per-user) is reached',
-  404: 'no such route, kernel, session, kernelspec or resource',
-  409: 'the kernel is restarting, shutting down or dead',
-  413: 'a body larger than 1 MiB',
-  500: 'the kernel could not start (the message ends with its stderr), or a bug',
-  504: 'the kernel did not answer kernel_info_request within the launch timeout',
-} as const;
-type ErrorStatus = keyof typeof ERROR_RESPONSES;
+/**
+ * Error answers by status; every one has the `Error` body. What each status
+ * means is the list of kgate's codes that answer with it (src/gateway/http-errors.ts),
+ * plus fastify's own refusals that kgate answers in the same shape.
+ */
+const OWN_REFUSALS: Partial<Record<number, string>> = { 413: '`KG_BAD_REQUEST`: a body larger than 1 MiB' };
+const ERROR_STATUSES = [400, 401, 403, 404, 409, 413, 500, 503, 504] as const;
+type ErrorStatus = (typeof ERROR_STATUSES)[number];
+
+function errorDescription(status: ErrorStatus): string {
+  const codes = (Object.entries(HTTP_ERRORS) as Array<[string, HttpErrorDef]>).filter(([, d]) => d.status === status).map(([code, d]) => `\`${code}\`: ${d.when}`);
+  const own = OWN_REFUSALS[status];
+  return [...codes, ...(own ? [own] : [])].join('; ');
+}
 
 interface Answer {
   description: string;
@@ -167,7 +170,7 @@ export const OPERATIONS: Operation[] = [
       'Answers once the kernel has replied to kernel_info_request. `env` keeps only KERNEL_* names (and --env-allow ones); values longer than 4096 characters or holding $, a backtick, a newline, CR or NUL are refused with 400.',
     body: { schema: 'StartKernelRequest', required: false },
     ok: { 201: { description: 'the new kernel', json: 'Kernel', headers: LOCATION } },
-    errors: [400, 403, 404, 413, 504],
+    errors: [400, 403, 404, 409, 413, 503, 504],
   },
   { method: 'GET', route: '/api/kernels/:id', operationId: 'getKernel', tag: 'kernels', summary: 'one kernel', params: kernelId, ok: { 200: { description: 'the kernel', json: 'Kernel' } }, errors: [404] },
   {
@@ -222,7 +225,7 @@ export const OPERATIONS: Operation[] = [
     summary: 'create a session, starting its kernel (or get the session a path already has)',
     body: { schema: 'CreateSessionRequest', required: true },
     ok: { 201: { description: 'the session', json: 'Session', headers: LOCATION } },
-    errors: [400, 403, 404, 413, 504],
+    errors: [400, 403, 404, 409, 413, 503, 504],
   },
   { method: 'GET', route: '/api/sessions/:id', operationId: 'getSession', tag: 'sessions', summary: 'one session', params: sessionId, ok: { 200: { description: 'the session', json: 'Session' } }, errors: [404] },
   {
@@ -234,7 +237,7 @@ export const OPERATIONS: Operation[] = [
     params: sessionId,
     body: { schema: 'PatchSessionRequest', required: true },
     ok: { 200: { description: 'the session', json: 'Session' } },
-    errors: [400, 403, 404, 413, 504],
+    errors: [400, 403, 404, 409, 413, 503, 504],
   },
   {
     method: 'DELETE',
@@ -310,9 +313,9 @@ export function buildOpenApi(ctx: Pick<GatewayContext, 'baseUrl' | 'auth'>): Jso
   const paths: Record<string, Json> = {};
   for (const op of OPERATIONS) (paths[openApiPath(op.route)] ??= {})[op.method.toLowerCase()] = operationObject(op, ctx.auth.enabled);
   const responses: Json = {};
-  for (const status of Object.keys(ERROR_RESPONSES).map(Number) as ErrorStatus[]) {
+  for (const status of ERROR_STATUSES) {
     responses[errorResponseName(status)] = {
-      description: `${STATUS_CODES[status]}: ${ERROR_RESPONSES[status]}`,
+      description: `${STATUS_CODES[status]}: ${errorDescription(status)}`,
       content: { 'application/json': { schema: ref('Error') } },
     };
   }

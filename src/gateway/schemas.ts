@@ -120,7 +120,7 @@ export const errorBody = z
   .object({
     reason: z.string().describe('the HTTP reason phrase'),
     message: z.string(),
-    code: errorCode.describe('stable; see the README'),
+    code: errorCode.describe('stable; see docs/api.md'),
   })
   .describe('Every REST error, in the shape Jupyter clients parse');
 

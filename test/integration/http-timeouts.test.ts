@@ -84,7 +84,7 @@ describe.concurrent('HTTP bounds', () => {
         expect(ms, 'the connection was still open').toBeDefined();
         expect(ms!).toBeGreaterThanOrEqual(REQUEST_TIMEOUT_S * 1000 - 100);
         expect(statusOf(c.received())).toBe(408);
-        expect(JSON.parse(c.received().slice(c.received().indexOf('\r\n\r\n') + 4))).toMatchObject({ code: 'KG_BAD_REQUEST', reason: 'Request Timeout' });
+        expect(JSON.parse(c.received().slice(c.received().indexOf('\r\n\r\n') + 4))).toMatchObject({ code: 'KG_REQUEST_TIMEOUT', reason: 'Request Timeout' });
         expect(c.received()).not.toContain(TOKEN);
       } finally {
         clearInterval(feeder);
