@@ -18,6 +18,7 @@ import { SessionManager } from '../kernels/sessions.js';
 import { KernelStateStore } from '../kernels/state.js';
 import { localProvisionerFactory } from '../provisioner/local.js';
 import { ProvisionerRegistry } from '../provisioner/registry.js';
+import type { Principal } from '../principal.js';
 import { TokenAuth } from './auth.js';
 import { ChannelsEndpoint, refuse } from './channels.js';
 import { frameAncestorsPolicy, OriginPolicy } from './origin.js';
@@ -213,7 +214,7 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
         .send({ reason: STATUS_CODES[status] ?? 'Bad Request', message: `the request path is malformed or too long (${err.code})`, code: ErrorCodes.BAD_REQUEST });
     },
   });
-  app.decorateRequest('identity', null);
+  app.decorateRequest('principal', null as unknown as Principal);
   app.removeAllContentTypeParsers();
   // Jupyter clients do not all send a JSON content type; every body is read as JSON.
   app.addContentTypeParser('*', { parseAs: 'string' }, parseJson);
@@ -223,9 +224,9 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
     reply.header('Content-Security-Policy', csp);
     // CORS first: a preflight carries no token, and is answered here.
     if (origins.applyCors(req, reply)) return reply;
-    const identity = auth.authenticate(req.headers, req.url);
-    if (!identity) throw unauthorized();
-    req.identity = identity;
+    const principal = auth.authenticate(req.headers, req.url);
+    if (!principal) throw unauthorized();
+    req.principal = principal;
   });
 
   app.setErrorHandler((err: FastifyError | KgateError, req, reply) => {

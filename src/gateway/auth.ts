@@ -5,6 +5,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
+import { operatorPrincipal, type Principal } from '../principal.js';
 
 const AUTH_HEADER = /^(?:token|bearer)\s+(.+)$/i;
 
@@ -24,11 +25,23 @@ export function tokenFromRequest(headers: IncomingHttpHeaders, url: string | und
 
 const digest = (s: string): Buffer => createHash('sha256').update(s, 'utf8').digest();
 
-export interface Identity {
-  user: string | undefined;
+/**
+ * Turns a request's credentials into its principal, or refuses it. The REST
+ * hook and the WebSocket upgrade call the same `authenticate`, so a socket
+ * and a request with the same token are the same caller.
+ */
+export interface Authenticator {
+  /** Whether a credential is needed at all (false: auth is off). */
+  readonly enabled: boolean;
+  /** The caller, or undefined when the request must be refused with 401. */
+  authenticate(headers: IncomingHttpHeaders, url: string | undefined): Principal | undefined;
 }
 
-export class TokenAuth {
+const OPERATOR = operatorPrincipal('operator-token');
+const AUTH_OFF = operatorPrincipal('auth-off');
+
+/** The operator's one token (`--auth-token`): its holder is the operator principal, with every scope. */
+export class TokenAuth implements Authenticator {
   private readonly expected: Buffer | undefined;
 
   /** An empty token turns auth off (refused by the config unless bound to loopback or explicitly allowed). */
@@ -40,11 +53,10 @@ export class TokenAuth {
     return this.expected !== undefined;
   }
 
-  /** The caller's identity, or undefined when the request must be refused. */
-  authenticate(headers: IncomingHttpHeaders, url: string | undefined): Identity | undefined {
-    if (this.expected === undefined) return { user: undefined };
+  authenticate(headers: IncomingHttpHeaders, url: string | undefined): Principal | undefined {
+    if (this.expected === undefined) return AUTH_OFF;
     const given = tokenFromRequest(headers, url);
     if (given === undefined) return undefined;
-    return timingSafeEqual(digest(given), this.expected) ? { user: undefined } : undefined;
+    return timingSafeEqual(digest(given), this.expected) ? OPERATOR : undefined;
   }
 }

@@ -157,16 +157,16 @@ export class ChannelsEndpoint {
       const m = this.pattern.exec(path);
       if (!m) throw notFound(`no WebSocket endpoint at ${path.slice(0, 64)}`);
       const auth = this.ctx.auth;
-      const identity = auth.authenticate(req.headers, url);
+      const principal = auth.authenticate(req.headers, url);
       // A browser page always sends Origin. With auth on, a valid token authorises the page
       // (jupyter_server's rule; --check-origin-with-token adds the origin check on top);
       // without a valid token, or with auth off, an origin not allowed is refused first,
       // before anything about the kernel is looked at.
       const origin = req.headers.origin;
-      if (origin !== undefined && (identity === undefined || !auth.enabled || this.options.checkOriginWithToken === true)) {
+      if (origin !== undefined && (principal === undefined || !auth.enabled || this.options.checkOriginWithToken === true)) {
         if (this.options.origins?.check(req.headers) !== 'allowed') throw forbiddenOrigin(origin);
       }
-      if (identity === undefined) throw unauthorized();
+      if (principal === undefined) throw unauthorized();
       const kernelId = decodeSegment(m[1]!);
       const kernels = this.ctx.kernels;
       // Not only this process's kernels: one another gateway on the same state dir runs is followed.

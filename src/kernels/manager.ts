@@ -66,7 +66,7 @@ export interface StartRequest {
   name?: string | undefined;
   env?: Record<string, unknown> | undefined;
   path?: string | undefined;
-  /** Who asked, from the auth identity or else KERNEL_USERNAME. */
+  /** Who the kernel is for, as the gateway authenticated it (src/principal.ts actingUser). */
   user?: string | undefined;
 }
 
@@ -329,8 +329,9 @@ export class KernelManager {
   }
 
   async start(req: StartRequest): Promise<ManagedKernel> {
-    const rawUser = req.env?.['KERNEL_USERNAME'];
-    const owner = req.user ?? (typeof rawUser === 'string' && rawUser !== '' ? rawUser : undefined);
+    // The gateway decided who this is for (src/principal.ts actingUser); a client's
+    // KERNEL_USERNAME is identity only when its caller may impersonate.
+    const owner = req.user;
     // The limits are checked and a slot taken before the first await, so concurrent
     // requests cannot all pass the check: past the limit they fail at once.
     const release = this.reserve(owner);

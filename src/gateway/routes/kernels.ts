@@ -1,7 +1,14 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { actingUser } from '../../principal.js';
 import type { GatewayContext } from '../context.js';
 import { startKernelBody } from '../schemas.js';
 import { parseBody } from '../validate.js';
+
+/** The user a start request names (a front server's KERNEL_USERNAME): identity only for a caller allowed to impersonate. */
+function requestedUser(env: Record<string, unknown> | undefined): string | undefined {
+  const u = env?.['KERNEL_USERNAME'];
+  return typeof u === 'string' ? u : undefined;
+}
 
 interface IdParams {
   id: string;
@@ -9,11 +16,11 @@ interface IdParams {
 
 /**
  * Who asked for an operation on a kernel, for the log at info level: the
- * identity's user (when it has one), the remote address and the route
+ * principal's user (when it has one), the remote address and the route
  * pattern. Never the URL as sent, whose query may hold a token.
  */
 export function askedBy(req: FastifyRequest): { user?: string; remote: string; route: string } {
-  const user = req.identity?.user;
+  const user = req.principal.user;
   return { ...(user !== undefined ? { user } : {}), remote: req.ip, route: `${req.method} ${req.routeOptions.url ?? ''}` };
 }
 
@@ -24,7 +31,7 @@ export function kernelRoutes(app: FastifyInstance, ctx: GatewayContext): void {
 
   app.post('/api/kernels', async (req, reply) => {
     const body = parseBody(startKernelBody, req.body);
-    const k = await kernels.start({ name: body.name, env: body.env, path: body.path, user: req.identity?.user });
+    const k = await kernels.start({ name: body.name, env: body.env, path: body.path, user: actingUser(req.principal, requestedUser(body.env)) });
     return reply.code(201).header('Location', `${baseUrl}api/kernels/${k.id}`).send(k.model());
   });
 
