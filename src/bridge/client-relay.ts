@@ -7,7 +7,7 @@ import { WebSocket, type RawData } from 'ws';
 import { WsClose } from '../errors.js';
 import { FrameError, type ClientMessage } from './client-message.js';
 import { msgTypeOf } from './iopub-rate-limit.js';
-import type { EncodeCache, KernelLink, LinkClient } from './kernel-link.js';
+import { Input, type EncodeCache, type KernelLink, type LinkClient } from './kernel-link.js';
 import { makeMessage } from './messages.js';
 import { decodeJsonFrame, encodeJsonFrame, type OutFrame } from './ws-json.js';
 import { prepareFrame, sendPrepared } from './ws-send.js';
@@ -16,7 +16,7 @@ import type { Channel, MessageParts } from './wire.js';
 
 export type WsProtocol = 'json' | 'v1';
 
-/** How long a stalled client's close frame may wait behind its unread data. */
+/** How long a stalled (or flooding) client's close handshake may take before its socket is destroyed. */
 const SLOW_CLIENT_GRACE_MS = 2000;
 /** While a client is behind, how often to see whether it has caught up. */
 const DRAIN_CHECK_MS = 100;
@@ -57,6 +57,13 @@ export class ClientRelay implements LinkClient {
   private droppedOutputs = 0;
   private droppedParent: Buffer | undefined;
   private drainCheck: NodeJS.Timeout | undefined;
+  /** Bytes of this client's messages the link holds for the kernel, and outboxes it waits on (kept by the link's outboxes). */
+  inputBytes = 0;
+  drainWaits = 0;
+  /** Reading of the socket stopped: what it sent waits for the kernel. */
+  private paused = false;
+  /** Closed (or closing) by kgate or the client: nothing more it sends reaches the kernel. */
+  private closing = false;
 
   constructor(
     private readonly ws: WebSocket,
@@ -175,11 +182,23 @@ export class ClientRelay implements LinkClient {
   }
 
   close(code: number, reason: string): void {
+    this.closing = true;
+    // A paused socket could not read the client's close frame: what it sends now is ignored.
+    if (this.paused) {
+      this.paused = false;
+      this.ws.resume();
+    }
     this.link.detach(this);
     if (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING) this.ws.close(code, reason);
   }
 
   private onMessage(data: RawData, isBinary: boolean): void {
+    // ws still emits the frames that came in the same read as the one that closed the
+    // socket (a malformed frame, say): none of them may reach the kernel.
+    if (this.closing || this.ws.readyState !== WebSocket.OPEN) {
+      this.link.dropped.afterClose++;
+      return;
+    }
     // With the default binaryType, ws hands a Buffer (fragments already joined).
     const frame = data as Buffer;
     let msg: ClientMessage;
@@ -195,17 +214,39 @@ export class ClientRelay implements LinkClient {
       this.close(WsClose.InternalError, 'kgate: internal error decoding the frame');
       return;
     }
-    if (!this.link.send(msg.channel, this.identity, msg)) {
+    const verdict = this.link.send(msg.channel, this, msg);
+    if (verdict === Input.Pause) {
+      // Backpressure: stop reading this socket until the kernel has taken enough of what it sent.
+      if (!this.paused) {
+        this.paused = true;
+        this.ws.pause();
+      }
+    } else if (verdict === Input.Refused) {
       this.close(WsClose.TryAgainLater, 'kgate: the kernel is not taking input fast enough');
+      // What it still had queued goes too, so the kernel's other clients are not held behind it;
+      // and a client that keeps sending instead of closing is cut off after a short grace.
+      this.link.purge(this);
+      const ws = this.ws;
+      setTimeout(() => ws.terminate(), SLOW_CLIENT_GRACE_MS).unref();
+    }
+  }
+
+  /** The link took some of this client's input: read the socket again once it is well below its bound. */
+  inputReleased(): void {
+    if (this.paused && this.drainWaits === 0 && this.inputBytes <= this.link.inputResumeBytes) {
+      this.paused = false;
+      this.ws.resume();
     }
   }
 
   private onError(err: Error): void {
     this.options.log.debug({ err, session: this.sessionId }, 'client WebSocket error');
+    this.closing = true;
     this.link.detach(this);
   }
 
   private onClose(): void {
+    this.closing = true;
     this.stopDrainCheck();
     this.link.detach(this);
   }

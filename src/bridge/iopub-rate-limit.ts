@@ -9,7 +9,7 @@
  * jupyter_server does this per WebSocket. kgate's clients of one kernel all
  * see the same iopub, so the decision is taken once per kernel message.
  */
-import { scanTopLevel } from './json-scan.js';
+import { MemberNames, scanMembers } from './json-scan.js';
 import { messageBytes, type WireMessage } from './wire.js';
 
 export interface RateLimits {
@@ -32,12 +32,14 @@ export type Verdict = (typeof Verdict)[keyof typeof Verdict];
 
 const EXEMPT = new Set(['status', 'comm_open', 'execute_input']);
 
-/** The value of the header's top-level `msg_type`, without parsing the rest. */
+const MSG_TYPE = new MemberNames(['msg_type']);
+
+/** The value of the header's top-level `msg_type`, without parsing the rest (nor allocating per member). */
 export function msgTypeOf(header: Buffer): string | undefined {
   try {
-    const span = scanTopLevel(header).get('msg_type');
-    if (!span || header[span.start] !== 0x22) return undefined;
-    return JSON.parse(header.toString('utf8', span.start, span.end)) as string;
+    const [start, end] = scanMembers(header, MSG_TYPE) as [number, number];
+    if (start < 0 || header[start] !== 0x22) return undefined;
+    return JSON.parse(header.toString('utf8', start, end)) as string;
   } catch {
     return undefined;
   }

@@ -14,8 +14,8 @@ import type { ConnectionInfo } from '../provisioner/types.js';
 import { IopubRateLimiter, Verdict, type RateLimits } from './iopub-rate-limit.js';
 import { makeMessage } from './messages.js';
 import { lostOutputNotice, ReplayStore, type ReplayLimits } from './replay.js';
-import { Outbox } from './outbox.js';
-import { Signer, splitWire, toWire, type Channel, type InputChannel, type MessageParts, type WireMessage } from './wire.js';
+import { Outbox, type InputOwner } from './outbox.js';
+import { messageBytes, Signer, splitWire, toWire, type Channel, type InputChannel, type MessageParts, type WireMessage } from './wire.js';
 import type { PreparedFrame } from './ws-send.js';
 
 export type ExecutionState = 'starting' | 'idle' | 'busy' | 'restarting' | 'dead' | 'unknown';
@@ -29,8 +29,8 @@ export interface EncodeCache {
   v1?: PreparedFrame | null;
 }
 
-/** What the link needs of a client: a key for its identity frame, and a way to hand it messages. */
-export interface LinkClient {
+/** What the link needs of a client: a key for its identity frame, a way to hand it messages, and its input counters. */
+export interface LinkClient extends InputOwner {
   readonly identity: Buffer;
   /** `identity` as a latin1 string: the key of the routing map. */
   readonly identityKey: string;
@@ -43,9 +43,13 @@ export interface LinkClient {
 
 export interface KernelLinkOptions {
   verifySignatures: boolean;
-  /** Messages from clients held while the kernel (re)starts, and queued per socket. */
+  /** Messages from clients held per kernel channel while the kernel (re)starts or does not read. */
   maxQueued: number;
-  /** Bytes of client messages held per kernel channel (all its clients together) before ZeroMQ takes them. */
+  /**
+   * Bytes of client messages held per kernel channel (all its clients together)
+   * before ZeroMQ takes them; also what shell and control may have sent that the
+   * kernel has not yet shown it handled (see Outbox).
+   */
   maxKernelInputBytes: number;
   /** Bytes of one client's messages held before ZeroMQ takes them. */
   maxClientInputBytes: number;
@@ -58,7 +62,31 @@ export interface KernelLinkOptions {
   log: Logger;
 }
 
-/** The identity frame of the link's own requests (nudges, shutdown, interrupt). */
+/** What became of a client's message (`KernelLink.send`). */
+export const Input = {
+  /** Relayed, or queued to be. */
+  Taken: 0,
+  /** Queued; the client's socket is to stop being read until its input drains. */
+  Pause: 1,
+  /** Not taken: past the bounds (the client is closed with 1013), or the link is closed. */
+  Refused: 2,
+  /** Dropped as garbage the kernel would discard (an input_reply nothing asked for); the client stays. */
+  Dropped: 3,
+} as const;
+export type Input = (typeof Input)[keyof typeof Input];
+
+/**
+ * ZeroMQ's own send queue per DEALER, in messages (its default is 1000, which
+ * let 1000 messages of any size pile up in the gateway). Bytes are bounded
+ * before ZeroMQ (the outboxes' windows and bounds); this bounds the count.
+ */
+const SEND_HIGH_WATER_MARK = 64;
+/** input_requests counted per client: ipykernel asks one at a time, and a new one makes older ones moot. */
+const MAX_INPUT_REQUESTS = 4;
+/** Clients with input_requests outstanding, per kernel; past it the oldest are forgotten. */
+const MAX_INPUT_CLIENTS = 1024;
+
+/** The identity frame of the link's own requests (nudges, window probes, shutdown, interrupt). */
 const LINK_IDENTITY = Buffer.from('kgate-link');
 const LINK_KEY = LINK_IDENTITY.toString('latin1');
 /**
@@ -79,6 +107,7 @@ const CATCH_UP_POLL_MS = 2;
  * not yet bound is one cheap RST, so the pace stays flat and short.
  */
 const SOCKET_OPTIONS = { linger: 0, reconnectInterval: 10, reconnectMaxInterval: 0 };
+const DEALER_OPTIONS = { ...SOCKET_OPTIONS, sendHighWaterMark: SEND_HIGH_WATER_MARK };
 
 export function channelUrl(c: ConnectionInfo, port: number): string {
   return c.transport === 'ipc' ? `ipc://${c.ip}-${port}` : `tcp://${c.ip.includes(':') ? `[${c.ip}]` : c.ip}:${port}`;
@@ -89,7 +118,18 @@ export class KernelLink {
   executionState: ExecutionState = 'starting';
   lastActivity = Date.now();
   /** Counts of what was dropped, for metrics and tests. */
-  readonly dropped = { badSignature: 0, malformed: 0, noClient: 0, inputQueueFull: 0, rateLimited: 0 };
+  readonly dropped = {
+    badSignature: 0,
+    malformed: 0,
+    noClient: 0,
+    /** Client messages refused past the input bounds (each costs the client its socket, 1013). */
+    inputQueueFull: 0,
+    rateLimited: 0,
+    /** Client stdin messages with no input_request outstanding for that client (the kernel would discard them). */
+    staleInput: 0,
+    /** Messages a client sent after its socket began closing. */
+    afterClose: 0,
+  };
 
   private readonly signer: Signer;
   private readonly shell: Dealer;
@@ -99,8 +139,10 @@ export class KernelLink {
   private readonly outboxes: Record<InputChannel, Outbox>;
   private readonly clients = new Map<string, LinkClient>();
   private readonly waiters = new Map<string, (m: WireMessage) => void>();
-  /** Client messages that arrived while the kernel was not ready, in order. */
-  private held: Array<[InputChannel, Buffer[]]> = [];
+  /** input_requests the kernel sent each client (by identity key) that it has not answered yet. */
+  private readonly inputRequests = new Map<string, number>();
+  /** The outstanding window probe per channel (its msg_id). */
+  private readonly probes: { shell: string | undefined; control: string | undefined } = { shell: undefined, control: undefined };
   private ready = false;
   private closed = false;
   private iopubSeen = false;
@@ -118,17 +160,27 @@ export class KernelLink {
     // A routing id per link, not per gateway, so two gateways (or a restarted
     // one) can hold links to the same kernel at once. It must not start with 0.
     const routingId = `kg${randomBytes(8).toString('hex')}`;
-    this.shell = new Dealer({ ...SOCKET_OPTIONS, routingId });
-    this.control = new Dealer({ ...SOCKET_OPTIONS, routingId });
-    this.stdin = new Dealer({ ...SOCKET_OPTIONS, routingId });
+    this.shell = new Dealer({ ...DEALER_OPTIONS, routingId });
+    this.control = new Dealer({ ...DEALER_OPTIONS, routingId });
+    this.stdin = new Dealer({ ...DEALER_OPTIONS, routingId });
     this.iopub = new Subscriber({ ...SOCKET_OPTIONS, receiveHighWaterMark: options.iopubHighWaterMark });
     this.rateLimiter = options.iopubRateLimit ? new IopubRateLimiter(options.iopubRateLimit) : undefined;
     this.replay = new ReplayStore(options.replay);
+    this.onShellProbeReply = this.onShellProbeReply.bind(this);
+    this.onControlProbeReply = this.onControlProbeReply.bind(this);
+    const limits = { maxBytes: options.maxKernelInputBytes, maxMessages: options.maxQueued };
+    // Shell and control answer requests in order, so a probe bounds what the kernel has queued;
+    // stdin carries only replies to input_requests, which the link counts instead.
     this.outboxes = {
-      shell: new Outbox(this.shell, options.maxQueued),
-      control: new Outbox(this.control, options.maxQueued),
-      stdin: new Outbox(this.stdin, options.maxQueued),
+      shell: new Outbox(this.shell, { ...limits, window: options.maxKernelInputBytes }, () => this.sendProbe('shell', this.onShellProbeReply)),
+      control: new Outbox(this.control, { ...limits, window: options.maxKernelInputBytes }, () => this.sendProbe('control', this.onControlProbeReply)),
+      stdin: new Outbox(this.stdin, { ...limits, window: 0 }),
     };
+  }
+
+  /** A client's unread input that lets it be read again (a quarter of its bound). */
+  get inputResumeBytes(): number {
+    return this.options.maxClientInputBytes / 4;
   }
 
   /** Connects the sockets and starts reading; readiness comes from `nudge()`. */
@@ -209,30 +261,96 @@ export class KernelLink {
   }
 
   /**
-   * Relays a client's message. Until the kernel is ready the message is held
-   * (bounded), so nothing sent during a start or restart is lost.
-   * Returns false when the message could not be taken.
+   * Relays a client's message. Until the kernel is ready the message is held,
+   * so nothing sent during a start or restart is lost. What is held for the
+   * kernel is bounded in bytes per client and per kernel channel: past half a
+   * bound the client is to be paused (Input.Pause), past the bound its message
+   * is refused (Input.Refused), except that a message larger than the bound is
+   * taken when nothing of that client (or of that channel) is held. An
+   * input_reply with no input_request outstanding for that client is dropped
+   * (Input.Dropped): ipykernel would discard it before its next input_request,
+   * and meanwhile it only grows the kernel.
    */
-  send(channel: InputChannel, identity: Buffer, parts: MessageParts): boolean {
-    if (this.closed) return false;
-    this.lastActivity = Date.now();
-    const frames = toWire(identity, this.signer, parts);
-    if (!this.ready) {
-      if (this.held.length >= this.options.maxQueued) {
-        this.dropped.inputQueueFull++;
-        return false;
-      }
-      this.held.push([channel, frames]);
-      return true;
+  send(channel: InputChannel, from: LinkClient, parts: MessageParts): Input {
+    if (this.closed) return Input.Refused;
+    if (channel === 'stdin' && !this.takeInputRequest(from.identityKey)) return Input.Dropped;
+    const size = messageBytes(parts);
+    const outbox = this.outboxes[channel];
+    const max = this.options.maxClientInputBytes;
+    if ((from.inputBytes > 0 && from.inputBytes + size > max) || !outbox.fits(size)) {
+      this.dropped.inputQueueFull++;
+      return Input.Refused;
     }
-    if (this.outboxes[channel].push(frames)) return true;
-    this.dropped.inputQueueFull++;
-    return false;
+    this.lastActivity = Date.now();
+    outbox.push(toWire(from.identity, this.signer, parts), size, from);
+    if (outbox.congested) {
+      outbox.wait(from);
+      return Input.Pause;
+    }
+    return from.inputBytes > max / 2 ? Input.Pause : Input.Taken;
+  }
+
+  /** Drops what is still queued of a client closed for flooding. */
+  purge(from: LinkClient): void {
+    for (const o of Object.values(this.outboxes)) o.purge(from);
+  }
+
+  /** Counts down an input_request the kernel sent this client; false (and the reply is dropped) when none is outstanding. */
+  private takeInputRequest(key: string): boolean {
+    const n = this.inputRequests.get(key);
+    if (n === undefined) {
+      if (this.dropped.staleInput++ === 0) this.options.log.warn('dropped an input_reply with no input_request outstanding for its client (the kernel would discard it)');
+      return false;
+    }
+    if (n <= 1) this.inputRequests.delete(key);
+    else this.inputRequests.set(key, n - 1);
+    return true;
+  }
+
+  /** The kernel sent this client a message on stdin: an input_request, which the client may answer. */
+  private noteInputRequest(key: string): void {
+    const n = this.inputRequests.get(key);
+    if (n === undefined && this.inputRequests.size >= MAX_INPUT_CLIENTS) this.inputRequests.delete(this.inputRequests.keys().next().value as string);
+    this.inputRequests.set(key, Math.min((n ?? 0) + 1, MAX_INPUT_REQUESTS));
+  }
+
+  /** Sends a window probe: the link's own kernel_info_request behind what the channel has sent. */
+  private sendProbe(channel: 'shell' | 'control', onReply: (m: WireMessage) => void): void {
+    const { msgId, parts } = makeMessage('kernel_info_request', {}, this.session);
+    const previous = this.probes[channel];
+    if (previous !== undefined) this.waiters.delete(previous);
+    this.probes[channel] = msgId;
+    this.waiters.set(msgId, onReply);
+    this.outboxes[channel].pushOwn(toWire(LINK_IDENTITY, this.signer, parts));
+  }
+
+  private onShellProbeReply(): void {
+    this.probeAnswered('shell');
+  }
+
+  private onControlProbeReply(): void {
+    this.probeAnswered('control');
+  }
+
+  private probeAnswered(channel: 'shell' | 'control'): void {
+    const id = this.probes[channel];
+    if (id === undefined) return;
+    this.waiters.delete(id);
+    this.probes[channel] = undefined;
+    this.outboxes[channel].probeAnswered();
   }
 
   /** Marks the kernel not ready: client messages are held until the next successful nudge. */
   suspend(): void {
     this.ready = false;
+    for (const o of Object.values(this.outboxes)) o.hold();
+    for (const channel of ['shell', 'control'] as const) {
+      const id = this.probes[channel];
+      if (id !== undefined) this.waiters.delete(id);
+      this.probes[channel] = undefined;
+    }
+    // A new process asks anew.
+    this.inputRequests.clear();
   }
 
   /**
@@ -271,7 +389,7 @@ export class KernelLink {
             const { msgId, parts } = makeMessage('kernel_info_request', {}, this.session);
             sent.push(msgId);
             this.waiters.set(msgId, onReply);
-            this.outboxes[channel].push(toWire(LINK_IDENTITY, this.signer, parts));
+            this.outboxes[channel].pushOwn(toWire(LINK_IDENTITY, this.signer, parts));
           }
         };
         this.onIopubSeen = check;
@@ -287,11 +405,12 @@ export class KernelLink {
       for (const id of sent) this.waiters.delete(id);
     }
     this.ready = true;
-    const held = this.held;
-    this.held = [];
-    for (const [channel, frames] of held) {
-      if (!this.outboxes[channel].push(frames)) this.dropped.inputQueueFull++;
-    }
+    // The kernel answered, and the status of the nudge itself is left out of the model:
+    // a kernel just started (or restarted) is idle, and the model a start answers is what
+    // the next GET returns. A status of a client's request seen meanwhile is kept.
+    const s = this.executionState;
+    if (s === 'starting' || s === 'restarting' || s === 'unknown') this.executionState = 'idle';
+    for (const o of Object.values(this.outboxes)) o.release();
   }
 
   /** Sends a request of the link's own and waits for its reply (undefined on timeout). */
@@ -302,7 +421,7 @@ export class KernelLink {
       return await new Promise<WireMessage | undefined>((resolve) => {
         this.waiters.set(msgId, resolve);
         timer = setTimeout(resolve, timeoutMs, undefined);
-        this.outboxes[channel].push(toWire(LINK_IDENTITY, this.signer, parts));
+        this.outboxes[channel].pushOwn(toWire(LINK_IDENTITY, this.signer, parts));
       });
     } finally {
       clearTimeout(timer);
@@ -321,7 +440,6 @@ export class KernelLink {
     if (this.closed) return;
     this.closed = true;
     this.ready = false;
-    this.held = [];
     this.replay.clear();
     for (const o of Object.values(this.outboxes)) o.close();
     this.shell.close();
@@ -340,7 +458,6 @@ export class KernelLink {
       if (this.dropped.badSignature++ === 0) this.options.log.warn('dropped a kernel message with a bad signature');
       return undefined;
     }
-    this.lastActivity = Date.now();
     return m;
   }
 
@@ -362,9 +479,12 @@ export class KernelLink {
     }
     const key = id.toString('latin1');
     if (key === LINK_KEY) {
+      // The reply to a request of the link's own is left out of the model (activity, state).
       this.onOwnReply(m);
       return;
     }
+    this.lastActivity = Date.now();
+    if (channel === 'stdin') this.noteInputRequest(key);
     const client = this.clients.get(key);
     if (client) client.deliver(channel, m, {});
     else if (!this.replay.reply(key, channel, m)) this.dropped.noClient++;
@@ -417,6 +537,7 @@ export class KernelLink {
     // Only status messages change the gateway's view of the kernel; a byte
     // search keeps the JSON parse off every other message.
     if (m.header.includes('"status"')) this.trackStatus(m);
+    else this.lastActivity = Date.now();
     this.iopubSeen = true;
     this.onIopubSeen?.();
     if (this.rateLimiter) {
@@ -445,12 +566,27 @@ export class KernelLink {
     this.fanOut(parts);
   }
 
+  /**
+   * A status changes the model's state and activity, unless it is about a
+   * request of the link's own (nudge, probe, shutdown, interrupt: its parent
+   * carries the link's session), as jupyter_server leaves its own requests out
+   * (`untracked_message_types`).
+   */
   private trackStatus(m: WireMessage): void {
     try {
       const header = JSON.parse(m.header.toString('utf8')) as { msg_type?: unknown };
-      if (header.msg_type !== 'status') return;
+      if (header.msg_type !== 'status') {
+        this.lastActivity = Date.now();
+        return;
+      }
+      const parent = JSON.parse(m.parent.toString('utf8')) as { session?: unknown } | null;
+      if (parent !== null && parent.session === this.session) return;
       const content = JSON.parse(m.content.toString('utf8')) as { execution_state?: unknown };
       const s = content.execution_state;
+      // The kernel's own `starting` at launch can come after its first kernel_info_reply
+      // (ipykernel answers on control first); once the link is ready it says nothing.
+      if (s === 'starting' && this.ready) return;
+      this.lastActivity = Date.now();
       if (s === 'idle' || s === 'busy' || s === 'starting') this.executionState = s;
     } catch {
       this.dropped.malformed++;

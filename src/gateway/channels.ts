@@ -114,6 +114,8 @@ export class ChannelsEndpoint {
   private ping(): void {
     for (const ws of this.wss.clients) {
       try {
+        // A socket paused for input backpressure cannot read its pong; it is not dead.
+        if (ws.isPaused) continue;
         if (!alive.has(ws)) {
           ws.terminate();
           continue;

@@ -2,9 +2,11 @@
  * The channels WebSocket against a real Debian ipykernel over real ZeroMQ,
  * in both the JSON and the v1 protocol.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
+import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KernelClient, startGateway, stdout, type TestGateway } from '../helpers/gateway.js';
+import { KernelClient, makeRequest, startGateway, stdout, type TestGateway } from '../helpers/gateway.js';
+import { until } from '../helpers/wait.js';
 
 let t: TestGateway;
 let kernelId: string;
@@ -118,5 +120,58 @@ describe('several clients on one kernel', () => {
     expect(model.connections).toBeGreaterThanOrEqual(2);
     a.close();
     b.close();
+  });
+});
+
+/** A masked client text frame (RFC 6455 §5.2), as a browser would send it. */
+function maskedTextFrame(text: string): Buffer {
+  const payload = Buffer.from(text, 'utf8');
+  const n = payload.length;
+  const head = n < 126 ? Buffer.from([0x81, 0x80 | n]) : n < 65536 ? Buffer.from([0x81, 0x80 | 126, n >> 8, n & 0xff]) : Buffer.alloc(10);
+  if (n >= 65536) {
+    head[0] = 0x81;
+    head[1] = 0x80 | 127;
+    head.writeBigUInt64BE(BigInt(n), 2);
+  }
+  const mask = randomBytes(4);
+  const masked = Buffer.alloc(n);
+  for (let i = 0; i < n; i++) masked[i] = payload[i]! ^ mask[i & 3]!;
+  return Buffer.concat([head, mask, masked]);
+}
+
+describe('a socket closed for a malformed frame', () => {
+  it('relays nothing it sent after it: a valid execute_request in the same write never reaches the kernel', async () => {
+    const observer = await KernelClient.connect(t, kernelId);
+    const { port } = new URL(t.url);
+    const socket = net.connect({ port: Number(port), host: '127.0.0.1' });
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+    });
+    let received = Buffer.alloc(0);
+    socket.on('data', (d: Buffer) => (received = Buffer.concat([received, d])));
+    socket.on('error', () => undefined);
+    const path = `${new URL(t.url).pathname}api/kernels/${kernelId}/channels?session_id=${randomUUID()}&token=${t.token}`;
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+    await until(() => received.includes('\r\n\r\n'), 'the upgrade answer', 10_000, 10);
+    expect(received.toString('latin1')).toMatch(/^HTTP\/1\.1 101 /);
+    received = Buffer.alloc(0);
+
+    // One write: a frame that is not JSON, then a valid execute_request.
+    const leak = makeRequest('execute_request', { code: 'print("leak")', silent: false, store_history: false, user_expressions: {}, allow_stdin: false, stop_on_error: true }, randomUUID());
+    socket.write(Buffer.concat([maskedTextFrame('{"header": not json'), maskedTextFrame(JSON.stringify({ ...leak, buffers: [] }))]));
+    // kgate answers with a close frame (opcode 8) carrying 1007.
+    await until(() => received.length >= 4, 'the close frame', 10_000, 10);
+    expect(received[0]! & 0x0f).toBe(8);
+    expect(received.readUInt16BE(2)).toBe(1007);
+    socket.destroy();
+
+    // The kernel runs requests in order: had the leak been relayed, its output would come before this one's reply.
+    const sentinel = observer.execute('print("sentinel")');
+    await observer.reply(sentinel);
+    expect(stdout(observer.outputs(sentinel))).toBe('sentinel\n');
+    expect(observer.messages.filter((m) => m.parent_header.msg_id === leak.header.msg_id)).toEqual([]);
+    expect(observer.messages.some((m) => m.header.msg_type === 'stream' && String(m.content['text']).includes('leak'))).toBe(false);
+    observer.close();
   });
 });
