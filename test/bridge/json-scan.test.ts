@@ -2,6 +2,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { isObjectSpan, JsonScanError, MemberLimitError, MemberNames, scanMembers, scanTopLevel, type Span } from '../../src/bridge/json-scan.js';
+import { manyMembers } from './many-members.js';
 
 const b = (s: string): Buffer => Buffer.from(s, 'utf8');
 const text = (buf: Buffer, s: Span): string => buf.toString('utf8', s.start, s.end);
@@ -212,25 +213,6 @@ function wanted(buf: Buffer, maxMembers = Infinity, names = WANTED): Record<stri
   return out;
 }
 
-/** `n` members `"xxxxx":0,` with distinct base-36 names after `head`, then `tail`; built in place, 10 bytes a member. */
-function manyMembers(n: number, head = '{', tail = '"z":0}'): Buffer {
-  const h = b(head);
-  const t = b(tail);
-  const f = Buffer.allocUnsafe(h.length + 10 * n + t.length);
-  h.copy(f, 0);
-  let at = h.length;
-  for (let k = 0; k < n; k++) {
-    f[at] = 0x22;
-    for (let d = 5, v = k; d >= 1; d--, v = Math.floor(v / 36)) f[at + d] = (v % 36 < 10 ? 0x30 : 0x61 - 10) + (v % 36);
-    f[at + 6] = 0x22;
-    f[at + 7] = 0x3a;
-    f[at + 8] = 0x30;
-    f[at + 9] = 0x2c;
-    at += 10;
-  }
-  t.copy(f, at);
-  return f;
-}
 
 function thrownBy(f: () => unknown): unknown {
   try {

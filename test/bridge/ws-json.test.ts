@@ -6,6 +6,7 @@ import { decodeJsonFrame, encodeJsonFrame, JsonScanError } from '../../src/bridg
 import type { MessageParts } from '../../src/bridge/wire.js';
 import { jsonBinaryEncode, v1Encode } from './client-codec.js';
 import { expectFrameError } from './expect-frame-error.js';
+import { manyMembers } from './many-members.js';
 
 const b = (s: string): Buffer => Buffer.from(s, 'utf8');
 const bytes = (...xs: number[]): Buffer => Buffer.from(xs);
@@ -59,25 +60,8 @@ describe('decodeJsonFrame: text frames', () => {
 /** The documented bound on a message's top-level members (README, close code 1007). */
 const MEMBER_LIMIT = 32;
 
-/** `{"header":{},` then `n` members `"xxxxx":0,` with distinct base-36 names, then `"content":{}}`; built in place, 10 bytes a member. */
-function frameWithMembers(n: number): Buffer {
-  const head = b('{"header":{},');
-  const tail = b('"content":{}}');
-  const f = Buffer.allocUnsafe(head.length + 10 * n + tail.length);
-  head.copy(f, 0);
-  let at = head.length;
-  for (let k = 0; k < n; k++) {
-    f[at] = 0x22;
-    for (let d = 5, v = k; d >= 1; d--, v = Math.floor(v / 36)) f[at + d] = (v % 36 < 10 ? 0x30 : 0x61 - 10) + (v % 36);
-    f[at + 6] = 0x22;
-    f[at + 7] = 0x3a; // :
-    f[at + 8] = 0x30; // 0
-    f[at + 9] = 0x2c; // ,
-    at += 10;
-  }
-  tail.copy(f, at);
-  return f;
-}
+/** `{"header":{},` then `n` members, then `"content":{}}`. */
+const frameWithMembers = (n: number): Buffer => manyMembers(n, '{"header":{},', '"content":{}}');
 
 /** The FrameError `f` throws (closing with 1007), and the byte position its message reports. */
 function refusedAt(f: () => unknown): { message: string; at: number } {
