@@ -1,6 +1,7 @@
 /**
  * Writes the generated parts of docs/ from the code they describe, so they
- * cannot drift: the options table of docs/configuration.md from src/config.ts,
+ * cannot drift: the options tables of docs/configuration.md from the option
+ * slices src/config.ts composes (a table per slice, under its heading),
  * the error table of docs/api.md from src/gateway/http-errors.ts.
  * `npm run docs` writes them; `--check` exits 1 when a file is out of date
  * (test/unit/docs.test.ts runs that check in `npm test`).
@@ -18,7 +19,7 @@ interface Block {
   render(): string;
 }
 
-export const BLOCKS: Block[] = [
+const BLOCKS: Block[] = [
   { file: 'docs/configuration.md', name: 'options', render: optionsTable },
   { file: 'docs/api.md', name: 'errors', render: errorTable },
 ];

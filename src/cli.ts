@@ -6,7 +6,7 @@
 import type { Logger } from 'pino';
 import { ConfigError, helpText, loadConfig } from './config.js';
 import { DemoNotBuiltError, startDemoServer, type DemoServer } from './demo-server.js';
-import { createGateway, httpLimits } from './gateway/app.js';
+import { createServer, httpLimits } from './gateway/app.js';
 import { createLogger } from './log.js';
 import { VERSION } from './version.js';
 
@@ -70,7 +70,7 @@ async function main(): Promise<void> {
     }
     config = { ...config, demoPort: demo.port };
   }
-  const gateway = await createGateway(config, log);
+  const gateway = await createServer(config, { log });
   const { host, port } = await gateway.listen();
   keepRunningOnFaults(log);
   const shown = host.includes(':') ? `[${host}]` : host;

@@ -13,6 +13,7 @@ import { decodeJsonFrame, encodeJsonFrame, type OutFrame } from './ws-json.js';
 import { prepareFrame, sendPrepared } from './ws-send.js';
 import { decodeV1Frame, encodeV1Frame } from './ws-v1.js';
 import type { Channel, MessageParts } from './wire.js';
+import { events, type ClientDropEvent } from '../events.js';
 
 export type WsProtocol = 'json' | 'v1';
 
@@ -86,6 +87,12 @@ export class ClientRelay implements LinkClient {
     // closes the socket itself; without a listener they would take the process down.
     ws.on('error', this.onError);
     link.attach(this);
+    if (events.clientAttach.hasSubscribers) events.clientAttach.publish({ kernelId: link.kernelId, protocol });
+  }
+
+  /** Tells subscribers (metrics) what this client did not get or could not send. */
+  private publishDrop(reason: ClientDropEvent['reason'], count: number): void {
+    if (events.clientDrop.hasSubscribers) events.clientDrop.publish({ kernelId: this.link.kernelId, protocol: this.protocol, reason, count });
   }
 
   deliver(channel: Channel, m: MessageParts, cache: EncodeCache): boolean {
@@ -153,6 +160,7 @@ export class ClientRelay implements LinkClient {
     const n = this.droppedOutputs;
     this.stopDrainCheck();
     this.droppedOutputs = 0;
+    this.publishDrop('slow_client', n);
     const { parts } = makeMessage(
       'stream',
       { name: 'stderr', text: `[kgate] ${n} output message${n === 1 ? ' was' : 's were'} not sent to this client: it was not reading as fast as the kernel wrote.\n` },
@@ -206,6 +214,7 @@ export class ClientRelay implements LinkClient {
       msg = this.decode(frame, isBinary);
     } catch (e) {
       if (e instanceof FrameError) {
+        this.publishDrop('malformed', 1);
         this.close(e.closeCode, closeReason(`kgate: ${e.message}`));
         return;
       }
@@ -222,6 +231,7 @@ export class ClientRelay implements LinkClient {
         this.ws.pause();
       }
     } else if (verdict === Input.Refused) {
+      this.publishDrop('input_queue_full', 1);
       this.close(WsClose.TryAgainLater, 'kgate: the kernel is not taking input fast enough');
       // What it still had queued goes too, so the kernel's other clients are not held behind it;
       // and a client that keeps sending instead of closing is cut off after a short grace.
@@ -245,7 +255,8 @@ export class ClientRelay implements LinkClient {
     this.link.detach(this);
   }
 
-  private onClose(): void {
+  private onClose(code: number): void {
+    if (events.clientDetach.hasSubscribers) events.clientDetach.publish({ kernelId: this.link.kernelId, protocol: this.protocol, code });
     this.closing = true;
     this.stopDrainCheck();
     this.link.detach(this);

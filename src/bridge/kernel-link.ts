@@ -17,6 +17,7 @@ import { lostOutputNotice, ReplayStore, type ReplayLimits } from './replay.js';
 import { Outbox, type InputOwner } from './outbox.js';
 import { messageBytes, Signer, splitWire, toWire, type Channel, type InputChannel, type MessageParts, type WireMessage } from './wire.js';
 import type { PreparedFrame } from './ws-send.js';
+import { events, type LinkDropEvent } from '../events.js';
 
 export type ExecutionState = 'starting' | 'idle' | 'busy' | 'restarting' | 'dead' | 'unknown';
 
@@ -60,6 +61,8 @@ export interface KernelLinkOptions {
   /** What is kept for a client whose socket closed, for its reconnect. */
   replay: ReplayLimits;
   log: Logger;
+  /** The kernel's id, for the events subscribers (metrics) receive. */
+  kernelId?: string | undefined;
 }
 
 /** What became of a client's message (`KernelLink.send`). */
@@ -153,7 +156,7 @@ export class KernelLink {
   private allBehind = false;
 
   constructor(
-    private readonly conn: ConnectionInfo,
+    private conn: ConnectionInfo,
     private readonly options: KernelLinkOptions,
   ) {
     this.signer = new Signer(conn.key, conn.signature_scheme);
@@ -183,6 +186,29 @@ export class KernelLink {
     return this.options.maxClientInputBytes / 4;
   }
 
+  /**
+   * Moves the link to a kernel's new address (a pod relaunched with a new IP)
+   * without closing its clients: the sockets leave the old endpoints and join
+   * the new ones, keeping their routing id, and client messages are held
+   * until the next `nudge()` says the kernel answers there. The key stays the
+   * gateway's, so the signer does too.
+   */
+  rebind(conn: ConnectionInfo): void {
+    if (this.closed) return;
+    if (conn.key !== this.conn.key || conn.signature_scheme !== this.conn.signature_scheme) throw new Error('a rebound kernel keeps its key');
+    const old = this.conn;
+    this.ready = false;
+    this.shell.disconnect(channelUrl(old, old.shell_port));
+    this.control.disconnect(channelUrl(old, old.control_port));
+    this.stdin.disconnect(channelUrl(old, old.stdin_port));
+    this.iopub.disconnect(channelUrl(old, old.iopub_port));
+    this.conn = conn;
+    this.shell.connect(channelUrl(conn, conn.shell_port));
+    this.control.connect(channelUrl(conn, conn.control_port));
+    this.stdin.connect(channelUrl(conn, conn.stdin_port));
+    this.iopub.connect(channelUrl(conn, conn.iopub_port));
+  }
+
   /** Connects the sockets and starts reading; readiness comes from `nudge()`. */
   open(): void {
     const c = this.conn;
@@ -195,6 +221,10 @@ export class KernelLink {
     void this.pumpReplies(this.control, 'control');
     void this.pumpReplies(this.stdin, 'stdin');
     void this.pumpIopub();
+  }
+
+  get kernelId(): string {
+    return this.options.kernelId ?? '';
   }
 
   get connections(): number {
@@ -429,6 +459,11 @@ export class KernelLink {
     }
   }
 
+  /** Tells subscribers (metrics) that a kernel message was dropped, and why. */
+  private publishDrop(reason: LinkDropEvent['reason']): void {
+    if (events.linkDrop.hasSubscribers) events.linkDrop.publish({ kernelId: this.kernelId, reason, count: 1 });
+  }
+
   /** Tells every client a state that did not come from the kernel (`restarting`, `dead`). */
   broadcastStatus(state: ExecutionState): void {
     this.executionState = state;
@@ -452,9 +487,11 @@ export class KernelLink {
     const m = splitWire(frames);
     if (m === undefined) {
       this.dropped.malformed++;
+      this.publishDrop('malformed');
       return undefined;
     }
     if (this.options.verifySignatures && !this.signer.verify(m)) {
+      this.publishDrop('bad_signature');
       if (this.dropped.badSignature++ === 0) this.options.log.warn('dropped a kernel message with a bad signature');
       return undefined;
     }
@@ -475,6 +512,7 @@ export class KernelLink {
     const id = m.identities[0];
     if (id === undefined) {
       this.dropped.noClient++;
+      this.publishDrop('no_client');
       return;
     }
     const key = id.toString('latin1');
@@ -487,7 +525,10 @@ export class KernelLink {
     if (channel === 'stdin') this.noteInputRequest(key);
     const client = this.clients.get(key);
     if (client) client.deliver(channel, m, {});
-    else if (!this.replay.reply(key, channel, m)) this.dropped.noClient++;
+    else if (!this.replay.reply(key, channel, m)) {
+      this.dropped.noClient++;
+      this.publishDrop('no_client');
+    }
   }
 
   private onOwnReply(m: WireMessage): void {
@@ -496,6 +537,7 @@ export class KernelLink {
       if (typeof parent.msg_id === 'string') this.waiters.get(parent.msg_id)?.(m);
     } catch {
       this.dropped.malformed++;
+      this.publishDrop('malformed');
     }
   }
 
@@ -544,6 +586,7 @@ export class KernelLink {
       const verdict = this.rateLimiter.admit(m, this.lastActivity);
       if (verdict !== Verdict.Pass) {
         this.dropped.rateLimited++;
+        this.publishDrop('rate_limited');
         if (verdict !== Verdict.Drop) this.notify(this.rateLimiter.notice(verdict), m.parent);
         return;
       }
@@ -590,6 +633,7 @@ export class KernelLink {
       if (s === 'idle' || s === 'busy' || s === 'starting') this.executionState = s;
     } catch {
       this.dropped.malformed++;
+      this.publishDrop('malformed');
     }
   }
 }

@@ -1,6 +1,8 @@
 /**
- * Builds the gateway: kernelspecs, provisioners, the kernel and session
- * managers, the REST routes (fastify) and the channels WebSocket (ws).
+ * The composition root (createServer): builds kgate from its config and what a
+ * test puts in place of kernelspecs, provisioners or the logger: the kernel
+ * and session managers, the REST routes (fastify) and the channels WebSocket
+ * (ws). The CLI and the tests build kgate only through it.
  */
 import { randomBytes } from 'node:crypto';
 import { STATUS_CODES, type ServerOptions } from 'node:http';
@@ -9,6 +11,7 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { ErrorCodes, KgateError, badRequest, invalidJson, notFound, truncate, unauthorized } from '../errors.js';
+import { createLogger } from '../log.js';
 import { errorBody, errorHeaders, httpStatusOf } from './http-errors.js';
 import { ReplayBudget } from '../bridge/replay.js';
 import { BUILTIN_KERNELSPECS, jupyterKernelDirs, KernelSpecStore } from '../kernels/kernelspecs.js';
@@ -18,7 +21,9 @@ import { SessionManager } from '../kernels/sessions.js';
 import { KernelStateStore } from '../kernels/state.js';
 import { localProvisionerFactory } from '../provisioner/local.js';
 import { ProvisionerRegistry } from '../provisioner/registry.js';
+import type { ProvisionerFactory } from '../provisioner/types.js';
 import type { Principal } from '../principal.js';
+import type { GatewayConfig } from './options.js';
 import { TokenAuth } from './auth.js';
 import { ChannelsEndpoint, refuse } from './channels.js';
 import { frameAncestorsPolicy, OriginPolicy } from './origin.js';
@@ -63,7 +68,7 @@ export interface HttpLimits {
   maxRequestsPerSocket: number;
 }
 
-export function httpLimits(config: Pick<Config, 'requestTimeout' | 'headersTimeout' | 'keepAliveTimeout' | 'maxRequestsPerSocket'>): HttpLimits {
+export function httpLimits(config: Pick<GatewayConfig, 'requestTimeout' | 'headersTimeout' | 'keepAliveTimeout' | 'maxRequestsPerSocket'>): HttpLimits {
   return {
     requestTimeoutMs: Math.round(config.requestTimeout * 1000),
     headersTimeoutMs: Math.round(config.headersTimeout * 1000),
@@ -139,14 +144,43 @@ export function clientErrorHandler(log: Logger | undefined, csp: string | undefi
   };
 }
 
-export async function createGateway(config: Config, log: Logger): Promise<Gateway> {
+/**
+ * What a caller of createServer puts in place of kgate's own parts: a test its
+ * fakes (a provisioner that starts nothing, its own kernelspecs, a logger it
+ * reads), without reaching into private fields.
+ */
+export interface ServerOverrides {
+  /** The logger (default: JSON lines on stderr at --log-level). */
+  log?: Logger;
+  /**
+   * Provisioner factories besides the built-in ones, each under its `name` (a
+   * kernelspec picks one by `metadata.kernel_provisioner.provisioner_name`);
+   * one named `local` replaces the local provisioner, which every kernelspec
+   * that names none uses.
+   */
+  provisioners?: readonly ProvisionerFactory[];
+  /** Kernelspec directories searched first, before --kernelspec-dir. */
+  kernelspecDirs?: readonly string[];
+}
+
+/**
+ * The composition root: builds kgate from its config (the CLI's, or a test's)
+ * and the overrides. Nothing listens until `listen()`; `app.inject()` serves
+ * requests without a socket.
+ */
+export async function createServer(config: Config, overrides: ServerOverrides = {}): Promise<Gateway> {
+  const log = overrides.log ?? createLogger(config.logLevel);
   const token = config.authToken ?? randomBytes(24).toString('hex');
   const auth = new TokenAuth(token);
-  const specs = new KernelSpecStore([...config.kernelspecDir, ...jupyterKernelDirs(), BUILTIN_KERNELSPECS], config.defaultKernelName, (dir, reason) =>
-    log.warn({ dir, reason }, 'skipped an unreadable kernelspec'),
-  );
+  const specDirs = [...(overrides.kernelspecDirs ?? []), ...config.kernelspecDir, ...jupyterKernelDirs(), BUILTIN_KERNELSPECS];
+  const specs = new KernelSpecStore(specDirs, config.defaultKernelName, (dir, reason) => log.warn({ dir, reason }, 'skipped an unreadable kernelspec'));
   await specs.refresh(true);
-  const provisioners = new ProvisionerRegistry([localProvisionerFactory({ runtimeDir: config.runtimeDir, ip: '127.0.0.1', scrubEnv })], 'local');
+  // An override with a built-in's name replaces it (the registry keeps the last factory of a name).
+  const provisioners = new ProvisionerRegistry(
+    [localProvisionerFactory({ runtimeDir: config.runtimeDir, ip: '127.0.0.1', scrubEnv }), ...(overrides.provisioners ?? [])],
+    'local',
+    log,
+  );
   const state = config.stateDir ? new KernelStateStore(config.stateDir) : undefined;
   await state?.init();
   const kernels = new KernelManager({
@@ -178,7 +212,7 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
     rootDir: config.rootDir,
     maxKernels: config.maxKernels,
     maxKernelsPerUser: config.maxKernelsPerUser,
-    state,
+    store: state,
     log,
   });
   await kernels.adopt();
@@ -300,4 +334,9 @@ export async function createGateway(config: Config, log: Logger): Promise<Gatewa
       return closing;
     },
   };
+}
+
+/** @deprecated createServer(config, { log }); kept for callers of the old name. */
+export function createGateway(config: Config, log: Logger): Promise<Gateway> {
+  return createServer(config, { log });
 }

@@ -172,10 +172,10 @@ export class ChannelsEndpoint {
       const kernelId = decodeSegment(m[1]!);
       const kernels = this.ctx.kernels;
       // Not only this process's kernels: one another gateway on the same state dir runs is followed.
-      const kernel = await kernels.find(kernelId);
+      const kernel = await kernels.find(kernelId, principal);
       if (socket.destroyed) return;
       const link = kernel.link;
-      if (!link || kernel.phase === 'dead' || kernel.phase === 'shutting_down') throw kernelNotFound(kernelId);
+      if (!link || kernel.phase === 'dead' || kernel.phase === 'gone' || kernel.phase === 'shutting_down') throw kernelNotFound(kernelId);
       const query = new URLSearchParams(q >= 0 ? url.slice(q + 1) : '');
       const asked = query.get('session_id');
       let sessionId: string = randomUUID();

@@ -31,7 +31,10 @@ export const HTTP_ERRORS: Record<ErrorCode, HttpErrorDef> = {
   [ErrorCodes.METHOD_NOT_ALLOWED]: { status: 405, when: 'a method other than GET on the channels WebSocket route' },
   [ErrorCodes.KERNEL_BUSY_RESTARTING]: { status: 409, when: 'interrupt or restart while the kernel restarts or shuts down' },
   [ErrorCodes.KERNEL_LIMIT]: { status: 403, when: '`--max-kernels` kernels run (or are starting) already; refused at once, before any start' },
-  [ErrorCodes.USER_KERNEL_LIMIT]: { status: 403, when: 'the user (auth identity, else `KERNEL_USERNAME`) runs `--max-kernels-per-user` kernels already' },
+  [ErrorCodes.USER_KERNEL_LIMIT]: {
+    status: 403,
+    when: 'the user (the authenticated one, or the `KERNEL_USERNAME` a caller that may impersonate names) runs `--max-kernels-per-user` kernels already',
+  },
   [ErrorCodes.TENANT_QUOTA]: { status: 403, when: "the start would take the caller's tenant past its quota (the message names the limit and its value)" },
   [ErrorCodes.KERNEL_START_CANCELLED]: {
     status: 409,

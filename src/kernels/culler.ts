@@ -5,7 +5,12 @@
  * `cullBusy` is off. Its clients are told with a close reason that says why.
  */
 import type { Logger } from 'pino';
+import { events } from '../events.js';
+import { operatorPrincipal } from '../principal.js';
 import type { KernelManager } from './manager.js';
+
+/** The culler acts as the operator: it may shut down any kernel. */
+const CULLER = operatorPrincipal();
 
 export interface CullOptions {
   idleTimeoutMs: number;
@@ -42,7 +47,10 @@ export class KernelCuller {
       culled.push(k.id);
       const idleS = Math.round(idleMs / 1000);
       this.log.info({ kernel: k.id, idleS, connections: k.link.connections, state: k.link.executionState }, 'culling idle kernel');
-      this.kernels.shutdown(k.id, `kernel culled after ${idleS} s idle`).catch((e: unknown) => this.log.warn({ err: e, kernel: k.id }, 'culling failed'));
+      if (events.kernelCull.hasSubscribers) {
+        events.kernelCull.publish({ kernelId: k.id, kernelspec: k.name, provisioner: k.provisioner.name, owner: { user: k.owner, tenant: k.tenant }, idleMs });
+      }
+      this.kernels.shutdown(k.id, CULLER, `kernel culled after ${idleS} s idle`).catch((e: unknown) => this.log.warn({ err: e, kernel: k.id }, 'culling failed'));
     }
     return culled;
   }

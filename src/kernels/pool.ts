@@ -6,9 +6,15 @@
  * A pooled kernel was launched with no request env, in the root dir, so it is
  * handed out only to requests that ask for nothing it lacks: an env holding at
  * most the names in POOL_COMPATIBLE_ENV. Any other request starts cold.
+ *
+ * The pool knows kernels only as supervisors (supervisor.ts) and starts them
+ * through the function it is given: it depends on nothing above it.
  */
 import type { Logger } from 'pino';
-import type { KernelManager, ManagedKernel } from './manager.js';
+import type { KernelSupervisor } from './supervisor.js';
+
+/** Starts a kernel for a pool: launched and running, or rejects. */
+export type PooledStart = (name: string) => Promise<KernelSupervisor>;
 
 /**
  * Request env names a pooled kernel honours without having been launched with
@@ -22,7 +28,7 @@ const MAX_BACKOFF_MS = 30_000;
 
 interface Pool {
   target: number;
-  ready: ManagedKernel[];
+  ready: KernelSupervisor[];
   starting: number;
   failures: number;
 }
@@ -32,7 +38,7 @@ export class WarmPools {
   private closed = false;
 
   constructor(
-    private readonly manager: KernelManager,
+    private readonly startPooled: PooledStart,
     private readonly log: Logger,
   ) {}
 
@@ -52,7 +58,7 @@ export class WarmPools {
   }
 
   /** Hands out a ready kernel of `name` if the request's env allows it, and starts its replacement. */
-  take(name: string, env: Record<string, string>): ManagedKernel | undefined {
+  take(name: string, env: Record<string, string>): KernelSupervisor | undefined {
     const p = this.pools.get(name);
     if (!p || p.ready.length === 0) return undefined;
     for (const key of Object.keys(env)) if (!POOL_COMPATIBLE_ENV.has(key)) return undefined;
@@ -60,13 +66,12 @@ export class WarmPools {
     const i = p.ready.findIndex((k) => k.phase === 'running');
     if (i < 0) return undefined;
     const [k] = p.ready.splice(i, 1);
-    k!.pooled = false;
     this.fill(name);
     return k;
   }
 
   /** A pooled kernel died for good: drop it and start another. */
-  lost(k: ManagedKernel): void {
+  lost(k: KernelSupervisor): void {
     const p = this.pools.get(k.name);
     if (!p) return;
     const i = p.ready.indexOf(k);
@@ -77,7 +82,12 @@ export class WarmPools {
   async close(): Promise<void> {
     this.closed = true;
     const all = [...this.pools.values()].flatMap((p) => p.ready.splice(0));
-    await Promise.allSettled(all.map((k) => this.manager.stopUnlisted(k)));
+    await Promise.allSettled(all.map((k) => k.shutdown('the warm pool closed')));
+  }
+
+  /** Every kernel waiting in a pool (their records' leases are renewed too). */
+  kernels(): KernelSupervisor[] {
+    return [...this.pools.values()].flatMap((p) => p.ready);
   }
 
   killAllNow(): void {
@@ -95,10 +105,10 @@ export class WarmPools {
 
   private async startOne(name: string, p: Pool): Promise<void> {
     try {
-      const k = await this.manager.startPooled(name);
+      const k = await this.startPooled(name);
       p.starting--;
       if (this.closed) {
-        await this.manager.stopUnlisted(k);
+        await k.shutdown('the warm pool closed');
         return;
       }
       p.failures = 0;

@@ -4,6 +4,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { sessionNotFound } from '../errors.js';
+import { operatorPrincipal, type Principal } from '../principal.js';
 import type { KernelManager, KernelModel } from './manager.js';
 
 export interface Session {
@@ -29,7 +30,8 @@ export interface SessionCreate {
   name: string;
   type: string;
   kernel: { id?: string | undefined; name?: string | undefined } | undefined;
-  user?: string | undefined;
+  /** Who asks; the operator when the caller has none. */
+  principal?: Principal | undefined;
 }
 
 export interface SessionPatch {
@@ -37,7 +39,7 @@ export interface SessionPatch {
   name?: string | undefined;
   type?: string | undefined;
   kernel?: { id?: string | undefined; name?: string | undefined } | undefined;
-  user?: string | undefined;
+  principal?: Principal | undefined;
 }
 
 export class SessionManager {
@@ -73,7 +75,7 @@ export class SessionManager {
   /** As in jupyter_server, a path that already has a session gets that session back. */
   async create(req: SessionCreate): Promise<Session> {
     for (const s of this.sessions.values()) if (s.path === req.path) return s;
-    const kernelId = await this.kernelFor(req.kernel, req.path, req.user);
+    const kernelId = await this.kernelFor(req.kernel, req.path, req.principal ?? operatorPrincipal());
     const s: Session = { id: randomUUID(), path: req.path, name: req.name, type: req.type, kernelId };
     this.sessions.set(s.id, s);
     return s;
@@ -87,9 +89,10 @@ export class SessionManager {
     if (patch.kernel && (patch.kernel.id ?? patch.kernel.name) !== undefined) {
       const old = s.kernelId;
       if (patch.kernel.id === undefined || patch.kernel.id !== old) {
-        s.kernelId = await this.kernelFor(patch.kernel, s.path, patch.user);
+        const principal = patch.principal ?? operatorPrincipal();
+        s.kernelId = await this.kernelFor(patch.kernel, s.path, principal);
         // A kernel started for this session alone goes with it, as in jupyter_server.
-        if (patch.kernel.id === undefined && this.kernels.has(old)) await this.kernels.shutdown(old);
+        if (patch.kernel.id === undefined && this.kernels.has(old)) await this.kernels.shutdown(old, principal);
       }
     }
     return s;
@@ -101,8 +104,8 @@ export class SessionManager {
     if (this.kernels.has(s.kernelId)) await this.kernels.shutdown(s.kernelId);
   }
 
-  private async kernelFor(kernel: SessionCreate['kernel'], path: string, user: string | undefined): Promise<string> {
-    if (kernel?.id !== undefined) return this.kernels.get(kernel.id).id;
-    return (await this.kernels.start({ name: kernel?.name, path, user })).id;
+  private async kernelFor(kernel: SessionCreate['kernel'], path: string, principal: Principal): Promise<string> {
+    if (kernel?.id !== undefined) return (await this.kernels.find(kernel.id, principal)).id;
+    return (await this.kernels.start({ name: kernel?.name, path, principal })).id;
   }
 }

@@ -10,11 +10,20 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { basename, dirname, join, resolve } from 'node:path';
+import type { Logger } from 'pino';
 import { KgateError, kernelStartFailed } from '../errors.js';
 import { isProcessAlive } from './process-alive.js';
-import type { ConnectionInfo, LaunchRequest, Provisioner, ProvisionerFactory, ProvisionerInfo } from './types.js';
+import {
+  KernelExited,
+  type ConnectionInfo,
+  type LaunchContext,
+  type LaunchRequest,
+  type Provisioner,
+  type ProvisionerCapabilities,
+  type ProvisionerFactory,
+  type ProvisionerInfo,
+} from './types.js';
 
 export interface LocalProvisionerConfig {
   runtimeDir: string;
@@ -70,27 +79,8 @@ function tiedToParent(argv: string[]): string[] {
   setprivFound ??= existsSync(SETPRIV);
   return setprivFound ? [SETPRIV, '--pdeathsig', 'KILL', '--', ...argv] : argv;
 }
-/** Ports handed out recently, so two kernels starting at once never get the same one. */
-const recentPorts = new Set<number>();
-
-async function freePort(ip: string): Promise<number> {
-  for (;;) {
-    const port = await new Promise<number>((resolve, reject) => {
-      const srv = createServer();
-      srv.unref();
-      srv.once('error', reject);
-      srv.listen(0, ip, () => {
-        const addr = srv.address();
-        srv.close(() => resolve(typeof addr === 'object' && addr ? addr.port : 0));
-      });
-    });
-    if (port !== 0 && !recentPorts.has(port)) {
-      recentPorts.add(port);
-      if (recentPorts.size > 4096) recentPorts.delete(recentPorts.values().next().value!);
-      return port;
-    }
-  }
-}
+/** Fresh starts tried when a probed port was taken before the kernel could bind it. */
+const PORT_RACE_ATTEMPTS = 3;
 
 /** Replaces `{connection_file}` and `{resource_dir}` in argv, as jupyter_client does. */
 export function formatArgv(argv: string[], vars: Record<string, string>): string[] {
@@ -112,6 +102,7 @@ function ignore(): void {
 
 export class LocalProvisioner implements Provisioner {
   readonly name = 'local';
+  readonly capabilities: ProvisionerCapabilities = { interrupt: 'signal', restart: 'in-place' };
   private child: ChildProcess | undefined;
   private pid: number | undefined;
   private connectionFile: string | undefined;
@@ -120,41 +111,63 @@ export class LocalProvisioner implements Provisioner {
   private stderrTail = '';
   private home: string | undefined;
 
-  constructor(private readonly config: LocalProvisionerConfig) {}
+  constructor(
+    private readonly config: LocalProvisionerConfig,
+    private readonly log?: Logger,
+  ) {}
 
-  async launch(req: LaunchRequest): Promise<ConnectionInfo> {
-    const { signal } = req;
-    signal?.throwIfAborted();
-    const conn: ConnectionInfo = req.reuse ?? {
-      transport: 'tcp',
-      ip: this.config.ip,
-      shell_port: await freePort(this.config.ip),
-      iopub_port: await freePort(this.config.ip),
-      stdin_port: await freePort(this.config.ip),
-      control_port: await freePort(this.config.ip),
-      hb_port: await freePort(this.config.ip),
-      key: req.key,
-      signature_scheme: 'hmac-sha256',
-      kernel_name: req.spec.name,
-    };
+  /**
+   * Spawns the kernel and waits until it answers at its address (the
+   * gateway's `connect`). Ports are probed free by the gateway, then bound by
+   * the kernel: another process can take one in between. A fresh start whose
+   * kernel exits with "address already in use" simply starts again with new
+   * ports (PORT_RACE_ATTEMPTS in all); a restart keeps its address, so there
+   * it is a failure.
+   */
+  async launch(req: LaunchRequest, ctx: LaunchContext): Promise<ConnectionInfo> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.launchOnce(req, ctx);
+      } catch (e) {
+        if (ctx.signal.aborted) throw ctx.signal.reason;
+        const raced = e instanceof KernelExited && /address already in use/i.test(this.stderrTail);
+        if (raced && !req.reuse && attempt < PORT_RACE_ATTEMPTS) {
+          this.log?.warn({ kernel: req.kernelId, attempt }, 'a kernel port was taken before the kernel bound it; starting again with new ports');
+          continue;
+        }
+        if (e instanceof KgateError) throw e;
+        const tail = this.diagnostics();
+        const detail = `${e instanceof Error ? e.message : String(e)}${tail ? `; its stderr ends with: ${tail.slice(-1000)}` : ''}`;
+        throw kernelStartFailed(`kernel ${req.spec.name} failed to start: ${detail}`, e);
+      }
+    }
+  }
+
+  private async launchOnce(req: LaunchRequest, ctx: LaunchContext): Promise<ConnectionInfo> {
+    const { signal } = ctx;
+    signal.throwIfAborted();
+    const conn: ConnectionInfo = req.reuse ?? { ...(await req.ports.take(this.config.ip)), key: req.key, signature_scheme: 'hmac-sha256', kernel_name: req.spec.name };
     this.connectionFile = join(this.config.runtimeDir, `kernel-${req.kernelId}.json`);
     this.home = join(this.config.runtimeDir, `home-${req.kernelId}`);
     this.child = undefined;
     this.pid = undefined;
     try {
-      signal?.throwIfAborted();
+      signal.throwIfAborted();
       await mkdir(this.config.runtimeDir, { recursive: true, mode: 0o700 });
       await writeFile(this.connectionFile, JSON.stringify(conn), { mode: 0o600 });
       // Kept across restarts (a relaunch finds it there), removed by cleanup().
       await mkdir(this.home, { recursive: true, mode: 0o700 });
-      signal?.throwIfAborted();
+      signal.throwIfAborted();
+      ctx.onProgress('starting');
       await this.spawn(req, this.connectionFile, this.home);
-      signal?.throwIfAborted();
+      signal.throwIfAborted();
+      ctx.onProgress('connecting');
+      await ctx.connect(conn);
       return conn;
     } catch (e) {
       await this.abandon(req.reuse !== undefined);
-      if (signal?.aborted) throw signal.reason;
-      if (e instanceof KgateError) throw e;
+      if (signal.aborted) throw signal.reason;
+      if (e instanceof KgateError || e instanceof KernelExited) throw e;
       throw kernelStartFailed(`could not run kernelspec ${req.spec.name}: ${e instanceof Error ? e.message : String(e)}`, e);
     }
   }
@@ -328,5 +341,5 @@ export class LocalProvisioner implements Provisioner {
 }
 
 export function localProvisionerFactory(config: LocalProvisionerConfig): ProvisionerFactory {
-  return { name: 'local', create: () => new LocalProvisioner(config) };
+  return { name: 'local', create: (_spec, { log }) => new LocalProvisioner(config, log) };
 }

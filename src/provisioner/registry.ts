@@ -1,9 +1,11 @@
 /**
  * Picks a kernel's provisioner from its kernelspec, as jupyter_client does:
- * `metadata.kernel_provisioner.provisioner_name`, else the default.
+ * `metadata.kernel_provisioner.provisioner_name`, else the default; the
+ * factory gets the spec's `metadata.kernel_provisioner.config`.
  */
+import type { Logger } from 'pino';
 import { kernelStartFailed } from '../errors.js';
-import type { KernelSpec, Provisioner, ProvisionerFactory } from './types.js';
+import { provisionerMetadata, type KernelSpec, type Provisioner, type ProvisionerFactory } from './types.js';
 
 /** jupyter_client's names for the same thing. */
 const ALIASES: Record<string, string> = { 'local-provisioner': 'local' };
@@ -14,13 +16,13 @@ export class ProvisionerRegistry {
   constructor(
     factories: ProvisionerFactory[],
     private readonly defaultName: string,
+    private readonly log: Logger,
   ) {
     for (const f of factories) this.factories.set(f.name, f);
   }
 
   nameFor(spec: KernelSpec): string {
-    const kp = spec.spec.metadata?.['kernel_provisioner'] as { provisioner_name?: unknown } | undefined;
-    const asked = typeof kp?.provisioner_name === 'string' ? kp.provisioner_name : this.defaultName;
+    const asked = provisionerMetadata(spec).name ?? this.defaultName;
     return ALIASES[asked] ?? asked;
   }
 
@@ -28,6 +30,6 @@ export class ProvisionerRegistry {
     const name = this.nameFor(spec);
     const f = this.factories.get(name);
     if (!f) throw kernelStartFailed(`kernelspec ${spec.name} asks for the provisioner ${JSON.stringify(name)}, which this gateway does not have`);
-    return f.create();
+    return f.create(spec, { log: this.log.child({ provisioner: name }), config: provisionerMetadata(spec).config });
   }
 }

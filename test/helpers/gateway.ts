@@ -1,11 +1,13 @@
 /**
  * Starts a real kgate in this process on 127.0.0.1, port 0, with a token,
- * and real ipykernel kernels, and offers small REST and WebSocket helpers.
+ * and real ipykernel kernels (or a test's own provisioner, through the
+ * overrides of createServer), and offers small REST and WebSocket helpers.
  */
 import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
 import WebSocket from 'ws';
 import { loadConfig } from '../../src/config.js';
-import { createGateway, type Gateway } from '../../src/gateway/app.js';
+import { createServer, type Gateway, type ServerOverrides } from '../../src/gateway/app.js';
 import { createLogger } from '../../src/log.js';
 
 /** What a test needs to talk to a gateway: its URLs, token, REST and kernel start. */
@@ -50,9 +52,18 @@ export function gatewayClient(url: string, token: string): GatewayClient {
   };
 }
 
-export async function startGateway(extraArgs: string[] = []): Promise<TestGateway> {
+/** The logger of a test's gateway: silent, unless KGATE_TEST_LOG is set. */
+const testLogger = (): Logger => createLogger(process.env['KGATE_TEST_LOG'] ? 'debug' : 'silent');
+
+/** Builds a gateway as the CLI does (flags over no environment), with a test's overrides, without listening. */
+export function buildGateway(extraArgs: string[] = [], overrides: ServerOverrides = {}): Promise<Gateway> {
   const config = loadConfig(['--port', '0', '--auth-token', TOKEN, ...extraArgs], {});
-  const gw = await createGateway(config, createLogger(process.env['KGATE_TEST_LOG'] ? 'debug' : 'silent'));
+  return createServer(config, { log: testLogger(), ...overrides });
+}
+
+/** A gateway listening on 127.0.0.1, port 0. */
+export async function startGateway(extraArgs: string[] = [], overrides: ServerOverrides = {}): Promise<TestGateway> {
+  const gw = await buildGateway(extraArgs, overrides);
   const { port } = await gw.listen();
   // Under the gateway's --base-url, so `api('api/kernels')` and `wsUrl` follow it.
   return { gw, ...gatewayClient(`http://127.0.0.1:${port}${gw.ctx.baseUrl}`, TOKEN), close: () => gw.close() };
@@ -97,7 +108,7 @@ export function encodeJson(msg: Msg): Buffer | string {
   return Buffer.concat([table, json, ...buffers]);
 }
 
-export function decodeJson(data: Buffer, isBinary: boolean): Msg {
+function decodeJson(data: Buffer, isBinary: boolean): Msg {
   if (!isBinary) return { ...(JSON.parse(data.toString('utf8')) as Msg), buffers: [] };
   const nbufs = data.readUInt32BE(0);
   const offsets = Array.from({ length: nbufs }, (_, k) => data.readUInt32BE(4 + 4 * k));
@@ -109,8 +120,8 @@ export function decodeJson(data: Buffer, isBinary: boolean): Msg {
 
 /** Encodes as `v1.kernel.websocket.jupyter.org` does (the same layout as jupyterlab's serialize.ts). */
 export function encodeV1(msg: Msg): Buffer {
-  const parts: Buffer[] = [msg.channel, JSON.stringify(msg.header), JSON.stringify(msg.parent_header), JSON.stringify(msg.metadata), JSON.stringify(msg.content)].map(
-    (s) => Buffer.from(s),
+  const parts: Buffer[] = [msg.channel, JSON.stringify(msg.header), JSON.stringify(msg.parent_header), JSON.stringify(msg.metadata), JSON.stringify(msg.content)].map((s) =>
+    Buffer.from(s),
   );
   parts.push(...msg.buffers);
   const n = parts.length + 1;
@@ -125,7 +136,7 @@ export function encodeV1(msg: Msg): Buffer {
   return Buffer.concat([table, ...parts]);
 }
 
-export function decodeV1(data: Buffer): Msg {
+function decodeV1(data: Buffer): Msg {
   const n = Number(data.readBigUInt64LE(0));
   const offsets = Array.from({ length: n }, (_, k) => Number(data.readBigUInt64LE(8 * (k + 1))));
   const part = (k: number): Buffer => data.subarray(offsets[k], offsets[k + 1]);

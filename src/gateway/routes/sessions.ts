@@ -23,7 +23,7 @@ export function sessionRoutes(app: FastifyInstance, ctx: GatewayContext): void {
       name: body.name ?? '',
       type: body.type ?? 'notebook',
       kernel: body.kernel ?? undefined,
-      user: req.principal.user,
+      principal: req.principal,
     });
     return reply.code(201).header('Location', `${baseUrl}api/sessions/${s.id}`).send(sessions.model(s));
   });
@@ -37,7 +37,7 @@ export function sessionRoutes(app: FastifyInstance, ctx: GatewayContext): void {
     if (body.kernel?.name !== undefined && body.kernel.id === undefined && kernels.has(before.kernelId)) {
       req.log.info({ kernel: before.kernelId, session: before.id, ...askedBy(req) }, "client asked to replace the session's kernel: the old one is shut down");
     }
-    const s = await sessions.update(req.params.id, { ...body, kernel: body.kernel ?? undefined, user: req.principal.user });
+    const s = await sessions.update(req.params.id, { ...body, kernel: body.kernel ?? undefined, principal: req.principal });
     return sessions.model(s);
   });
 

@@ -1,0 +1,19 @@
+/**
+ * Which kernels a principal may see and act on. What it may not see is not
+ * found (404), the same as what does not exist (DESIGN.md, Identity). Today
+ * every caller is the operator (all scopes); JWT tenancy makes this bite.
+ */
+import { hasScope, Scopes, type Principal } from '../principal.js';
+
+/** What access reads of a kernel. */
+export interface OwnedKernel {
+  readonly owner: string | undefined;
+  readonly tenant: string;
+}
+
+/** An admin sees every kernel, a tenant admin its tenant's, anyone else its own. */
+export function canSee(p: Principal, k: OwnedKernel): boolean {
+  if (hasScope(p, Scopes.ADMIN)) return true;
+  if (k.tenant !== p.tenant) return false;
+  return hasScope(p, Scopes.TENANT_ADMIN) || (p.user !== undefined && k.owner === p.user);
+}
