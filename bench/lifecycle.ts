@@ -115,7 +115,15 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   const many = await Promise.all(Array.from({ length: CONCURRENT }, () => post(g)));
   const total = performance.now() - t0;
-  rows.push([`${CONCURRENT} concurrent cold starts, all 201`, `${fmt(total)} ms`, `one alone: ${fmt(one.ms)} ms; ${fmt(total / one.ms)}× (serialised would be ~${CONCURRENT}×, on ${readFileSync('/proc/cpuinfo', 'utf8').split('\n').filter((l) => l.startsWith('processor')).length} cores)`]);
+  rows.push([
+    `${CONCURRENT} concurrent cold starts, all 201`,
+    `${fmt(total)} ms`,
+    `one alone: ${fmt(one.ms)} ms; ${fmt(total / one.ms)}× (serialised would be ~${CONCURRENT}×, on ${
+      readFileSync('/proc/cpuinfo', 'utf8')
+        .split('\n')
+        .filter((l) => l.startsWith('processor')).length
+    } cores)`,
+  ]);
   await Promise.all(many.map((k) => del(g, k.id)));
   g.child.kill('SIGTERM');
   await g.exited;

@@ -34,7 +34,9 @@ function machine(): Record<string, string | number> {
   } catch {
     // not Debian
   }
-  const py = tryRun(PYTHON, ['-c', 'import ipykernel, jupyter_server, zmq; print(ipykernel.__version__, jupyter_server.__version__, zmq.__version__, zmq.zmq_version())']).split(' ');
+  const py = tryRun(PYTHON, ['-c', 'import ipykernel, jupyter_server, zmq; print(ipykernel.__version__, jupyter_server.__version__, zmq.__version__, zmq.zmq_version())']).split(
+    ' ',
+  );
   const zeromqJs = (JSON.parse(readFileSync(join(REPO, 'node_modules/zeromq/package.json'), 'utf8')) as { version: string }).version;
   const dirty = tryRun('git', ['-C', REPO, 'status', '--porcelain', 'src']) !== '';
   return {
@@ -78,7 +80,9 @@ async function main(): Promise<void> {
 
   const info = machine();
   console.log(`kgate benchmark, scale ${cfg.scale}: ${cfg.scenarios.map((s) => `${LETTERS[s]} ${s}`).join(', ')}`);
-  console.log(`machine: ${info['cpus']} cpus (${info['cpuModel']}), ${info['memoryGiB']} GiB, node ${info['node']}, Debian ${info['debian']}, ipykernel ${info['ipykernel']}, jupyter_server ${info['jupyterServer']}, kgate ${info['kgateCommit']} (dist built ${info['kgateBuilt']})`);
+  console.log(
+    `machine: ${info['cpus']} cpus (${info['cpuModel']}), ${info['memoryGiB']} GiB, node ${info['node']}, Debian ${info['debian']}, ipykernel ${info['ipykernel']}, jupyter_server ${info['jupyterServer']}, kgate ${info['kgateCommit']} (dist built ${info['kgateBuilt']})`,
+  );
 
   const lab = new Lab(root, { nodeArgs: cfg.kgateNodeArgs, args: cfg.kgateArgs });
   const report = new Report();

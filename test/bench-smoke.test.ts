@@ -25,7 +25,13 @@ function runBench(out: string): Promise<{ code: number | null; stdout: string; s
     execFile(
       process.execPath,
       [join(REPO, 'node_modules/tsx/dist/cli.mjs'), 'bench/run.ts'],
-      { cwd: REPO, env: { ...process.env, BENCH_SCALE: 'tiny', BENCH_OUT: out, BENCH_ONLY: '', BENCH_TARGETS: '' }, timeout: 170_000, killSignal: 'SIGTERM', maxBuffer: 16 * 1024 * 1024 },
+      {
+        cwd: REPO,
+        env: { ...process.env, BENCH_SCALE: 'tiny', BENCH_OUT: out, BENCH_ONLY: '', BENCH_TARGETS: '' },
+        timeout: 170_000,
+        killSignal: 'SIGTERM',
+        maxBuffer: 16 * 1024 * 1024,
+      },
       (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
     );
   });
@@ -42,7 +48,10 @@ describe('bench/run.ts at BENCH_SCALE=tiny', () => {
       for (const t of TARGETS) {
         const rows = results.rows.filter((x) => x.scenario === s && x.target === t.id);
         expect(rows.length, `${s} × ${t.id}`).toBeGreaterThan(0);
-        expect(lines.some((l) => l.startsWith(`| ${LETTERS[s]} ${s} |`) && l.includes(`| ${t.label} |`)), `printed ${s} × ${t.label}`).toBe(true);
+        expect(
+          lines.some((l) => l.startsWith(`| ${LETTERS[s]} ${s} |`) && l.includes(`| ${t.label} |`)),
+          `printed ${s} × ${t.label}`,
+        ).toBe(true);
         // kgate must have been measured everywhere (jupyter server rows may carry an error);
         // whether it closes a slow client is its policy, reported, not asserted here.
         if (t.server === 'kgate') {

@@ -85,11 +85,14 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): RunConfig {
   const scale = (env['BENCH_SCALE'] || 'full') as Scale;
   if (scale !== 'tiny' && scale !== 'full') throw new Error(`BENCH_SCALE must be tiny or full, not ${scale}`);
   const only = words(env['BENCH_ONLY']);
-  const scenarios = only.length === 0 ? [...SCENARIO_IDS] : only.map((w) => {
-    const id = SCENARIO_IDS.find((s) => s === w || LETTERS[s] === w);
-    if (id === undefined) throw new Error(`BENCH_ONLY: unknown scenario ${w} (know ${SCENARIO_IDS.join(', ')}, or a..g)`);
-    return id;
-  });
+  const scenarios =
+    only.length === 0
+      ? [...SCENARIO_IDS]
+      : only.map((w) => {
+          const id = SCENARIO_IDS.find((s) => s === w || LETTERS[s] === w);
+          if (id === undefined) throw new Error(`BENCH_ONLY: unknown scenario ${w} (know ${SCENARIO_IDS.join(', ')}, or a..g)`);
+          return id;
+        });
   const wanted = words(env['BENCH_TARGETS']);
   for (const w of wanted) {
     if (!TARGETS.some((t) => t.id === w)) throw new Error(`BENCH_TARGETS: unknown target ${w} (know ${TARGETS.map((t) => t.id).join(', ')})`);

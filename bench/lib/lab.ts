@@ -139,7 +139,13 @@ export class Lab {
   async close(): Promise<void> {
     const all: Array<Promise<void>> = [];
     for (const g of this.owned) all.push(g.stop());
-    for (const p of this.shared.values()) all.push(p.then((g) => g.stop(), () => undefined));
+    for (const p of this.shared.values())
+      all.push(
+        p.then(
+          (g) => g.stop(),
+          () => undefined,
+        ),
+      );
     this.owned.clear();
     this.shared.clear();
     await Promise.all(all);

@@ -71,10 +71,7 @@ export class Report {
       return order(a.r.target) - order(b.r.target) || a.i - b.i;
     });
     const ratio = (x: number | null): string => (x === null ? '' : `${x.toFixed(x >= 100 ? 0 : 2)}×`);
-    const out = [
-      '| scenario | metric | target | value | unit | ÷ direct ZMQ | ÷ jupyter-server | note |',
-      '| --- | --- | --- | ---: | --- | ---: | ---: | --- |',
-    ];
+    const out = ['| scenario | metric | target | value | unit | ÷ direct ZMQ | ÷ jupyter-server | note |', '| --- | --- | --- | ---: | --- | ---: | ---: | --- |'];
     for (const { r } of keyed) {
       out.push(
         `| ${LETTERS[r.scenario]} ${r.scenario} | ${r.metric} | ${label(r.target)} | ${r.value === null ? '–' : r.unit === 'code' ? String(r.value) : fmt(r.value)} | ${r.unit} | ${ratio(r.ratioDirect)} | ${ratio(r.ratioJupyter)} | ${r.note ?? ''} |`,
@@ -92,7 +89,13 @@ export class Report {
       const d50 = this.value('execute', 'round trip p50', 'direct');
       if (p50 !== null && d50 !== null) {
         const over = p50 - d50;
-        out.push({ goal: 'execute round trip p50 within 0.1 ms of direct ZeroMQ', target: t, measured: `${fmt(p50)} ms vs ${fmt(d50)} ms (+${over.toFixed(3)} ms)`, met: over <= 0.1, margin: over <= 0.1 ? `${(0.1 - over).toFixed(3)} ms to spare` : `missed by ${(over - 0.1).toFixed(3)} ms` });
+        out.push({
+          goal: 'execute round trip p50 within 0.1 ms of direct ZeroMQ',
+          target: t,
+          measured: `${fmt(p50)} ms vs ${fmt(d50)} ms (+${over.toFixed(3)} ms)`,
+          met: over <= 0.1,
+          margin: over <= 0.1 ? `${(0.1 - over).toFixed(3)} ms to spare` : `missed by ${(over - 0.1).toFixed(3)} ms`,
+        });
       }
       const m = this.value('flood-small', 'msgs/s', t);
       const dm = this.value('flood-small', 'msgs/s', 'direct');
@@ -100,25 +103,56 @@ export class Report {
       if (m !== null && dm !== null && lost !== null) {
         const r = m / dm;
         const ok = r >= 0.7 && lost === 0;
-        out.push({ goal: '100-byte flood ≥ 0.7× direct msgs/s, no loss', target: t, measured: `${r.toFixed(2)}× (${fmt(m)} vs ${fmt(dm)} msgs/s), ${lost} lost`, met: ok, margin: r >= 0.7 ? (lost === 0 ? `${(r - 0.7).toFixed(2)}× to spare` : `${lost} messages lost`) : `missed by ${(0.7 - r).toFixed(2)}× (${pct(1 - r / 0.7)} short)${lost ? `, ${lost} lost` : ''}` });
+        out.push({
+          goal: '100-byte flood ≥ 0.7× direct msgs/s, no loss',
+          target: t,
+          measured: `${r.toFixed(2)}× (${fmt(m)} vs ${fmt(dm)} msgs/s), ${lost} lost`,
+          met: ok,
+          margin:
+            r >= 0.7
+              ? lost === 0
+                ? `${(r - 0.7).toFixed(2)}× to spare`
+                : `${lost} messages lost`
+              : `missed by ${(0.7 - r).toFixed(2)}× (${pct(1 - r / 0.7)} short)${lost ? `, ${lost} lost` : ''}`,
+        });
       }
       const mb = this.value('flood-large', 'MB/s', t);
       const dmb = this.value('flood-large', 'MB/s', 'direct');
       if (mb !== null && dmb !== null) {
         const r = mb / dmb;
-        out.push({ goal: '64 KiB flood ≥ 0.8× direct MB/s', target: t, measured: `${r.toFixed(2)}× (${fmt(mb)} vs ${fmt(dmb)} MB/s)`, met: r >= 0.8, margin: r >= 0.8 ? `${(r - 0.8).toFixed(2)}× to spare` : `missed by ${(0.8 - r).toFixed(2)}× (${pct(1 - r / 0.8)} short)` });
+        out.push({
+          goal: '64 KiB flood ≥ 0.8× direct MB/s',
+          target: t,
+          measured: `${r.toFixed(2)}× (${fmt(mb)} vs ${fmt(dmb)} MB/s)`,
+          met: r >= 0.8,
+          margin: r >= 0.8 ? `${(r - 0.8).toFixed(2)}× to spare` : `missed by ${(0.8 - r).toFixed(2)}× (${pct(1 - r / 0.8)} short)`,
+        });
       }
       const held = this.value('sockets', 'sockets held', t);
       const per = this.value('sockets', 'RSS per socket', t);
       if (held !== null && per !== null) {
         const ok = held >= fullSockets && per <= 20;
-        out.push({ goal: `${fullSockets.toLocaleString('en-US')} WebSockets on one kernel at ≤ 20 KB each`, target: t, measured: `${held} held, ${fmt(per)} KiB each`, met: ok, margin: ok ? `${fmt(20 - per)} KiB to spare` : held < fullSockets ? `${fullSockets - held} short` : `missed by ${fmt(per - 20)} KiB per socket` });
+        out.push({
+          goal: `${fullSockets.toLocaleString('en-US')} WebSockets on one kernel at ≤ 20 KB each`,
+          target: t,
+          measured: `${held} held, ${fmt(per)} KiB each`,
+          met: ok,
+          margin: ok ? `${fmt(20 - per)} KiB to spare` : held < fullSockets ? `${fullSockets - held} short` : `missed by ${fmt(per - 20)} KiB per socket`,
+        });
       }
       const grow = this.value('slow-client', 'peak RSS growth', t);
       const rel = this.value('slow-client', 'reader vs no slow client', t);
       if (grow !== null && rel !== null) {
         const ok = grow <= 64 && rel >= 0.8;
-        out.push({ goal: 'a non-reading client: RSS growth ≤ 64 MB, other clients within 20 %', target: t, measured: `+${fmt(grow)} MiB, reader at ${rel.toFixed(2)}× its throughput without it`, met: ok, margin: ok ? `${fmt(64 - grow)} MiB and ${(rel - 0.8).toFixed(2)}× to spare` : [grow > 64 ? `RSS over by ${fmt(grow - 64)} MiB` : '', rel < 0.8 ? `reader ${pct(1 - rel)} slower` : ''].filter(Boolean).join(', ') });
+        out.push({
+          goal: 'a non-reading client: RSS growth ≤ 64 MB, other clients within 20 %',
+          target: t,
+          measured: `+${fmt(grow)} MiB, reader at ${rel.toFixed(2)}× its throughput without it`,
+          met: ok,
+          margin: ok
+            ? `${fmt(64 - grow)} MiB and ${(rel - 0.8).toFixed(2)}× to spare`
+            : [grow > 64 ? `RSS over by ${fmt(grow - 64)} MiB` : '', rel < 0.8 ? `reader ${pct(1 - rel)} slower` : ''].filter(Boolean).join(', '),
+        });
       }
     }
     return out;

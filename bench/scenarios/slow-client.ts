@@ -117,7 +117,14 @@ export const slowClient: Scenario = {
     const gib = (z.n * z.size) / 2 ** 30;
     const size = `${gib >= 1 ? gib.toFixed(0) : gib.toFixed(3)} GiB`;
     const mib = (b: number): string => (b / 2 ** 20).toFixed(0);
-    ctx.report.add('slow-client', target.id, 'peak RSS growth', 'MiB', r.growth / 2 ** 20, `RSS before ${mib(r.rssBefore)} MiB; the same ${size} flood to the reader alone: +${mib(alone.growth)} MiB`);
+    ctx.report.add(
+      'slow-client',
+      target.id,
+      'peak RSS growth',
+      'MiB',
+      r.growth / 2 ** 20,
+      `RSS before ${mib(r.rssBefore)} MiB; the same ${size} flood to the reader alone: +${mib(alone.growth)} MiB`,
+    );
     ctx.report.add('slow-client', target.id, 'reader MB/s', 'MB/s', r.mbs, [`${size} flood`, r.note].filter(Boolean).join(', '));
     // "Normal" is the same flood to the reader alone on a fresh server: (c) is a shorter
     // flood on a shared server, so its ratio goes in the note.
@@ -131,6 +138,13 @@ export const slowClient: Scenario = {
     );
     ctx.report.add('slow-client', target.id, 'reader lost', 'msgs', r.lost, `of ${z.n.toLocaleString('en-US')}; reader alone: ${alone.lost.toLocaleString('en-US')} lost`);
     const got = `the slow client got ${slowLog.streams.toLocaleString('en-US')} of ${z.n.toLocaleString('en-US')} streams${slowLog.notice ? `, and a notice: "${slowLog.notice.trim().slice(0, 90)}"` : ''}`;
-    ctx.report.add('slow-client', target.id, 'slow client closed with', 'code', slowLog.seenCode ?? null, slowLog.seenCode === undefined ? `still open ${z.closeWaitMs / 1000} s after the flood; ${got}` : got);
+    ctx.report.add(
+      'slow-client',
+      target.id,
+      'slow client closed with',
+      'code',
+      slowLog.seenCode ?? null,
+      slowLog.seenCode === undefined ? `still open ${z.closeWaitMs / 1000} s after the flood; ${got}` : got,
+    );
   },
 };

@@ -68,7 +68,14 @@ export const sockets: Scenario = {
 
       const note = [`asked ${want}`, `opened ${held.length}`, `open after settling ${open.length}`, stopped].filter(Boolean).join(', ');
       ctx.report.add('sockets', target.id, 'sockets held', 'sockets', live, note);
-      ctx.report.add('sockets', target.id, 'RSS per socket', 'KiB', open.length ? (after - before) / open.length / 1024 : null, `RSS ${(before / 2 ** 20).toFixed(0)} → ${(after / 2 ** 20).toFixed(0)} MiB`);
+      ctx.report.add(
+        'sockets',
+        target.id,
+        'RSS per socket',
+        'KiB',
+        open.length ? (after - before) / open.length / 1024 : null,
+        `RSS ${(before / 2 ** 20).toFixed(0)} → ${(after / 2 ** 20).toFixed(0)} MiB`,
+      );
     } finally {
       await k.stop();
       if (fresh) await ctx.lab.release(g);

@@ -48,7 +48,12 @@ export async function runScenario(ctx: Context, s: Scenario): Promise<void> {
       ctx.log(`${s.id}: ${target.label} FAILED: ${errorText(e)}`);
       // Keep what was measured; fill in the rest.
       const have = new Set(ctx.report.rows.slice(before).map((r) => r.metric));
-      ctx.report.skip(s.id, target.id, s.metrics.filter(([m]) => !have.has(m)), `error: ${errorText(e)}`);
+      ctx.report.skip(
+        s.id,
+        target.id,
+        s.metrics.filter(([m]) => !have.has(m)),
+        `error: ${errorText(e)}`,
+      );
     }
   }
 }

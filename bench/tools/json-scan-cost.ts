@@ -89,8 +89,12 @@ const EXECUTE = Buffer.from(
 );
 
 const STREAM = {
-  header: Buffer.from('{"msg_id": "a1b2c3d4-e5f6a7b8c9d0e1f2a3b4c5d6_123_45", "msg_type": "stream", "username": "u", "session": "a1b2c3d4-e5f6a7b8c9d0e1f2a3b4c5d6", "date": "2024-05-01T12:00:00.123456Z", "version": "5.3"}'),
-  parent: Buffer.from('{"msg_id": "6c0a1f4e-8a7b-4c1d-9e2f-3b4a5c6d7e8f", "msg_type": "execute_request", "session": "0d1e2f3a", "username": "", "date": "2024-05-01T12:00:00.000Z", "version": "5.2"}'),
+  header: Buffer.from(
+    '{"msg_id": "a1b2c3d4-e5f6a7b8c9d0e1f2a3b4c5d6_123_45", "msg_type": "stream", "username": "u", "session": "a1b2c3d4-e5f6a7b8c9d0e1f2a3b4c5d6", "date": "2024-05-01T12:00:00.123456Z", "version": "5.3"}',
+  ),
+  parent: Buffer.from(
+    '{"msg_id": "6c0a1f4e-8a7b-4c1d-9e2f-3b4a5c6d7e8f", "msg_type": "execute_request", "session": "0d1e2f3a", "username": "", "date": "2024-05-01T12:00:00.000Z", "version": "5.2"}',
+  ),
   metadata: Buffer.from('{}'),
   content: Buffer.from('{"name": "stdout", "text": "45\\n"}'),
   buffers: [],
@@ -129,7 +133,9 @@ function throughput(c: (typeof THROUGHPUT)[number]): void {
   rounds.sort((a, b) => a - b);
   const median = rounds[3]!;
   const what = c === 'execute' ? `decodeJsonFrame, execute_request of ${bytes} bytes` : `encodeJsonFrame, stream with a ${bytes}-byte header`;
-  console.log(`${c.padEnd(8)} ${what}: median ${median.toFixed(0)} ns/frame (min ${rounds[0]!.toFixed(0)}, max ${rounds[6]!.toFixed(0)}), ${(1e3 / median).toFixed(2)} M frames/s, ${((bytes / median) * 1e3).toFixed(0)} MB/s`);
+  console.log(
+    `${c.padEnd(8)} ${what}: median ${median.toFixed(0)} ns/frame (min ${rounds[0]!.toFixed(0)}, max ${rounds[6]!.toFixed(0)}), ${(1e3 / median).toFixed(2)} M frames/s, ${((bytes / median) * 1e3).toFixed(0)} MB/s`,
+  );
 }
 
 function main(): void {

@@ -316,7 +316,9 @@ export class BenchKernel {
       this.dateMs = now;
       this.date = jupyterDate(now);
     }
-    return Buffer.from(`{"msg_id":"${this.session}_${this.counter++}","msg_type":"${msgType}","username":"kernel","session":"${this.session}","date":"${this.date}","version":"5.3"}`);
+    return Buffer.from(
+      `{"msg_id":"${this.session}_${this.counter++}","msg_type":"${msgType}","username":"kernel","session":"${this.session}","date":"${this.date}","version":"5.3"}`,
+    );
   }
 
   private message(msgType: string, content: object | Buffer, parent: Buffer): MessageParts {

@@ -17,7 +17,10 @@ export interface Span {
 }
 
 export class JsonScanError extends Error {
-  constructor(message: string, readonly at: number) {
+  constructor(
+    message: string,
+    readonly at: number,
+  ) {
     super(`${message} at byte ${at}`);
   }
 }
@@ -258,7 +261,10 @@ function escapedKeyIs(b: Uint8Array, i: number, end: number, name: Uint8Array): 
 
 /** Thrown when an object has more top-level members than the caller allows. */
 export class MemberLimitError extends JsonScanError {
-  constructor(readonly limit: number, at: number) {
+  constructor(
+    readonly limit: number,
+    at: number,
+  ) {
     super(`more than ${limit} top-level members`, at);
   }
 }

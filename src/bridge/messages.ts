@@ -7,12 +7,7 @@ export function jupyterDate(ms: number = Date.now()): string {
 }
 
 /** Builds a message that kgate itself sends (nudges, shutdown, interrupt, synthetic status). */
-export function makeMessage(
-  msgType: string,
-  content: object,
-  session: string,
-  parent: object = {},
-): { msgId: string; parts: MessageParts } {
+export function makeMessage(msgType: string, content: object, session: string, parent: object = {}): { msgId: string; parts: MessageParts } {
   const msgId = randomUUID();
   const header = {
     msg_id: msgId,

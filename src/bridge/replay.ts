@@ -371,8 +371,7 @@ export function lostOutputNotice(limits: ReplayLimits, reason: LossReason = 'ses
       return `${lead}kgate keeps at most ${mib(limits.budget.maxBytes)} MiB for the disconnected clients of all kernels, and gives up the oldest first (--replay-total-bytes).\n`;
     default:
       return (
-        `${lead}it passed what kgate keeps ` +
-        `for a disconnected client (${mib(limits.maxBytes)} MiB, ${Math.round(limits.maxMs / 1000)} s; --replay-bytes, --replay-seconds).\n`
+        `${lead}it passed what kgate keeps ` + `for a disconnected client (${mib(limits.maxBytes)} MiB, ${Math.round(limits.maxMs / 1000)} s; --replay-bytes, --replay-seconds).\n`
       );
   }
 }

@@ -159,7 +159,15 @@ export const OPERATIONS: Operation[] = [
     },
     errors: [404],
   },
-  { method: 'GET', route: '/api/kernels', operationId: 'listKernels', tag: 'kernels', summary: 'the running kernels', ok: { 200: { description: 'the kernels', json: 'KernelList' } }, errors: [] },
+  {
+    method: 'GET',
+    route: '/api/kernels',
+    operationId: 'listKernels',
+    tag: 'kernels',
+    summary: 'the running kernels',
+    ok: { 200: { description: 'the kernels', json: 'KernelList' } },
+    errors: [],
+  },
   {
     method: 'POST',
     route: '/api/kernels',
@@ -172,7 +180,16 @@ export const OPERATIONS: Operation[] = [
     ok: { 201: { description: 'the new kernel', json: 'Kernel', headers: LOCATION } },
     errors: [400, 403, 404, 409, 413, 503, 504],
   },
-  { method: 'GET', route: '/api/kernels/:id', operationId: 'getKernel', tag: 'kernels', summary: 'one kernel', params: kernelId, ok: { 200: { description: 'the kernel', json: 'Kernel' } }, errors: [404] },
+  {
+    method: 'GET',
+    route: '/api/kernels/:id',
+    operationId: 'getKernel',
+    tag: 'kernels',
+    summary: 'one kernel',
+    params: kernelId,
+    ok: { 200: { description: 'the kernel', json: 'Kernel' } },
+    errors: [404],
+  },
   {
     method: 'DELETE',
     route: '/api/kernels/:id',
@@ -216,7 +233,15 @@ export const OPERATIONS: Operation[] = [
     errors: [400, 404],
     upgrade: true,
   },
-  { method: 'GET', route: '/api/sessions', operationId: 'listSessions', tag: 'sessions', summary: 'the sessions', ok: { 200: { description: 'the sessions', json: 'SessionList' } }, errors: [] },
+  {
+    method: 'GET',
+    route: '/api/sessions',
+    operationId: 'listSessions',
+    tag: 'sessions',
+    summary: 'the sessions',
+    ok: { 200: { description: 'the sessions', json: 'SessionList' } },
+    errors: [],
+  },
   {
     method: 'POST',
     route: '/api/sessions',
@@ -227,13 +252,22 @@ export const OPERATIONS: Operation[] = [
     ok: { 201: { description: 'the session', json: 'Session', headers: LOCATION } },
     errors: [400, 403, 404, 409, 413, 503, 504],
   },
-  { method: 'GET', route: '/api/sessions/:id', operationId: 'getSession', tag: 'sessions', summary: 'one session', params: sessionId, ok: { 200: { description: 'the session', json: 'Session' } }, errors: [404] },
+  {
+    method: 'GET',
+    route: '/api/sessions/:id',
+    operationId: 'getSession',
+    tag: 'sessions',
+    summary: 'one session',
+    params: sessionId,
+    ok: { 200: { description: 'the session', json: 'Session' } },
+    errors: [404],
+  },
   {
     method: 'PATCH',
     route: '/api/sessions/:id',
     operationId: 'updateSession',
     tag: 'sessions',
-    summary: "rename or move a session, or change its kernel",
+    summary: 'rename or move a session, or change its kernel',
     params: sessionId,
     body: { schema: 'PatchSessionRequest', required: true },
     ok: { 200: { description: 'the session', json: 'Session' } },
@@ -366,7 +400,9 @@ export function specRoutes(app: FastifyInstance, ctx: GatewayContext): void {
     const undescribed = [...routes].filter((r) => !described.has(r));
     const unserved = [...described].filter((r) => !routes.has(r));
     if (undescribed.length > 0 || unserved.length > 0) {
-      throw new Error(`the OpenAPI operations (src/gateway/openapi.ts) and the routes differ: undescribed ${undescribed.join(', ') || 'none'}; unserved ${unserved.join(', ') || 'none'}`);
+      throw new Error(
+        `the OpenAPI operations (src/gateway/openapi.ts) and the routes differ: undescribed ${undescribed.join(', ') || 'none'}; unserved ${unserved.join(', ') || 'none'}`,
+      );
     }
   });
   app.get('/api/spec.json', async (_req, reply) => reply.type('application/json; charset=utf-8').send(json));

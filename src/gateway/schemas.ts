@@ -39,14 +39,16 @@ const kernelRef = z.looseObject({
   name: kernelName.optional(),
 });
 
-export const createSessionBody = z.looseObject({
-  path: pathText.optional(),
-  name: text(4096).optional(),
-  type: text(64).optional(),
-  kernel: kernelRef.nullish(),
-  /** Notebook 5 clients send `notebook.path` instead of `path`. */
-  notebook: z.looseObject({ path: pathText.optional() }).optional(),
-}).describe('path (or notebook.path) is required; kernel names a kernelspec to start, or the id of a running kernel');
+export const createSessionBody = z
+  .looseObject({
+    path: pathText.optional(),
+    name: text(4096).optional(),
+    type: text(64).optional(),
+    kernel: kernelRef.nullish(),
+    /** Notebook 5 clients send `notebook.path` instead of `path`. */
+    notebook: z.looseObject({ path: pathText.optional() }).optional(),
+  })
+  .describe('path (or notebook.path) is required; kernel names a kernelspec to start, or the id of a running kernel');
 
 export const patchSessionBody = z.looseObject({
   path: pathText.optional(),
@@ -55,7 +57,11 @@ export const patchSessionBody = z.looseObject({
   kernel: kernelRef.nullish(),
 });
 
-export const sessionIdQuery = z.string().min(1).max(256).regex(/^[\x21-\x7e]+$/, 'session_id must be printable ASCII without spaces');
+export const sessionIdQuery = z
+  .string()
+  .min(1)
+  .max(256)
+  .regex(/^[\x21-\x7e]+$/, 'session_id must be printable ASCII without spaces');
 
 // ---- Response models ----
 

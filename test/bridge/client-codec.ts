@@ -105,7 +105,7 @@ export function jsonTextDecode(frame: Uint8Array): Record<string, unknown> {
 /** A deterministic pseudo-random buffer (xorshift32), cheap for megabytes. */
 export function pseudoRandomBuffer(length: number, seed: number): Buffer {
   const out = Buffer.allocUnsafe(length);
-  let x = (seed | 0) || 0x9e3779b9;
+  let x = seed | 0 || 0x9e3779b9;
   let i = 0;
   for (; i + 4 <= length; i += 4) {
     x ^= x << 13;

@@ -143,15 +143,13 @@ describe('scanTopLevel: rejects what is not exactly one JSON object', () => {
 /** Inserts, deletes or replaces one character: mostly invalid JSON, close to valid. */
 function mutated(): fc.Arbitrary<string> {
   const alphabet = fc.constantFrom(...'{}[]":,.-+0123456789eEtrufalsn \\/u\n\tabc'.split(''));
-  return fc
-    .tuple(fc.jsonValue({ maxDepth: 3 }), fc.nat(), fc.constantFrom('insert', 'delete', 'replace'), alphabet)
-    .map(([v, at, op, ch]) => {
-      const s = JSON.stringify({ v });
-      const i = at % (s.length + 1);
-      if (op === 'insert') return s.slice(0, i) + ch + s.slice(i);
-      if (op === 'delete') return s.slice(0, i) + s.slice(i + 1);
-      return s.slice(0, i) + ch + s.slice(i + 1);
-    });
+  return fc.tuple(fc.jsonValue({ maxDepth: 3 }), fc.nat(), fc.constantFrom('insert', 'delete', 'replace'), alphabet).map(([v, at, op, ch]) => {
+    const s = JSON.stringify({ v });
+    const i = at % (s.length + 1);
+    if (op === 'insert') return s.slice(0, i) + ch + s.slice(i);
+    if (op === 'delete') return s.slice(0, i) + s.slice(i + 1);
+    return s.slice(0, i) + ch + s.slice(i + 1);
+  });
 }
 
 function parsesAsObject(s: string): boolean {
@@ -213,7 +211,6 @@ function wanted(buf: Buffer, maxMembers = Infinity, names = WANTED): Record<stri
   return out;
 }
 
-
 function thrownBy(f: () => unknown): unknown {
   try {
     f();
@@ -251,7 +248,22 @@ describe('scanMembers: the wanted members, in a fixed shape', () => {
     });
     expect(wanted(b('{"header":1,"h\\u0065ader":2}'))).toEqual({ header: '2' });
     expect(wanted(b('{"h\\u0065ader":2,"header":1}'))).toEqual({ header: '1' });
-    for (const key of ['\\u0048eader', 'header\\u0000', 'heade\\u0072\\u0072', 'h\\u00e9ader', 'héader', 'head\\"er', 'heade\\r', 'header\\/', 'header ', ' header', 'HEADER', 'heade', 'headers', '\\ud83d\\ude00']) {
+    for (const key of [
+      '\\u0048eader',
+      'header\\u0000',
+      'heade\\u0072\\u0072',
+      'h\\u00e9ader',
+      'héader',
+      'head\\"er',
+      'heade\\r',
+      'header\\/',
+      'header ',
+      ' header',
+      'HEADER',
+      'heade',
+      'headers',
+      '\\ud83d\\ude00',
+    ]) {
       expect(wanted(b(`{"${key}":1}`)), key).toEqual({});
     }
     // Non-letter escapes decode too (a name may hold any printable ASCII but `"` and `\`).
@@ -309,17 +321,14 @@ describe('scanMembers: the bound on top-level members', () => {
 });
 
 /** A member name that is sometimes wanted, sometimes one spelt with escapes, sometimes anything else. */
-const memberName = fc.oneof(
-  fc.constantFrom(...WANTED.names, 'buffers', 'msg_id', 'msg_type', 'Header', 'headers', 'heade', ''),
-  fc.string({ unit: 'binary', maxLength: 10 }),
-);
+const memberName = fc.oneof(fc.constantFrom(...WANTED.names, 'buffers', 'msg_id', 'msg_type', 'Header', 'headers', 'heade', ''), fc.string({ unit: 'binary', maxLength: 10 }));
 
 /** `name` serialised with some of its characters written as `\uXXXX`, as JSON.parse reads them back. */
 function spelt(name: string, escapeMask: number): string {
   let out = '"';
   [...name].forEach((ch, k) => {
     const escaped = JSON.stringify(ch).slice(1, -1);
-    if (escaped.length === ch.length && escapeMask & (1 << k % 30)) {
+    if (escaped.length === ch.length && escapeMask & (1 << (k % 30))) {
       for (const unit of ch.split('')) out += `\\u${unit.charCodeAt(0).toString(16).padStart(4, '0')}`;
     } else {
       out += escaped;

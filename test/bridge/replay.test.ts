@@ -33,7 +33,7 @@ function msg(parent: string, pad = 0): MessageParts {
 }
 
 const replayed = (r: Resumption): MessageParts[] => (r && 'replay' in r ? r.replay.map(([, m]) => m) : []);
-const lostParent = (r: Resumption): string | undefined => (r && 'lost' in r ? (JSON.parse(r.lost.parent?.toString() ?? '{}') as { msg_id?: string }).msg_id ?? '' : undefined);
+const lostParent = (r: Resumption): string | undefined => (r && 'lost' in r ? ((JSON.parse(r.lost.parent?.toString() ?? '{}') as { msg_id?: string }).msg_id ?? '') : undefined);
 
 describe('ReplayStore', () => {
   it('replays iopub and the session’s own replies, in order, and nothing of other sessions', () => {

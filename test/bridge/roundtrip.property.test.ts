@@ -20,7 +20,12 @@ const jsonObject = (maxDepth: number): fc.Arbitrary<Json> =>
   fc.dictionary(fc.string({ unit: 'binary', maxLength: 12 }), fc.jsonValue({ stringUnit: 'binary', maxDepth }), { maxKeys: 6 }) as fc.Arbitrary<Json>;
 
 const header: fc.Arbitrary<Json> = fc.oneof(
-  { weight: 4, arbitrary: fc.tuple(fc.uuid(), fc.string({ unit: 'grapheme', maxLength: 20 }), jsonObject(1)).map(([id, type, extra]) => ({ ...extra, msg_id: id, msg_type: type, version: '5.3' })) },
+  {
+    weight: 4,
+    arbitrary: fc
+      .tuple(fc.uuid(), fc.string({ unit: 'grapheme', maxLength: 20 }), jsonObject(1))
+      .map(([id, type, extra]) => ({ ...extra, msg_id: id, msg_type: type, version: '5.3' })),
+  },
   { weight: 1, arbitrary: jsonObject(2) },
 );
 
@@ -123,65 +128,66 @@ describe('client → kernel', () => {
 
   it('JSON protocol: the client encode (text, or the binary form with buffers) then decodeJsonFrame gives back channel, parts and buffers', () => {
     fc.assert(
-      fc.property(
-        fc.option(inputChannel, { nil: undefined }),
-        message,
-        fc.boolean(),
-        fc.boolean(),
-        (channel, m, nullParent, binaryWithoutBuffers) => {
-          const msg: Json = { header: m.header, parent_header: nullParent ? null : m.parent, metadata: m.metadata, content: m.content };
-          if (channel !== undefined) msg.channel = channel;
-          let got;
-          if (m.buffers.length === 0 && !binaryWithoutBuffers) {
-            got = decodeJsonFrame(utf8({ ...msg, buffers: [] }), false);
-          } else {
-            got = decodeJsonFrame(jsonBinaryEncode(utf8(msg), m.buffers), true);
-          }
-          expect(got.channel).toBe(channel ?? 'shell');
-          // JSON.stringify of the whole message embeds each member's own serialisation verbatim.
-          expect(got.header.equals(utf8(m.header))).toBe(true);
-          expect(got.parent.equals(nullParent ? Buffer.from('{}') : utf8(m.parent))).toBe(true);
-          expect(got.metadata.equals(utf8(m.metadata))).toBe(true);
-          expect(got.content.equals(utf8(m.content))).toBe(true);
-          expectSameBuffers(got.buffers, m.buffers);
-        },
-      ),
+      fc.property(fc.option(inputChannel, { nil: undefined }), message, fc.boolean(), fc.boolean(), (channel, m, nullParent, binaryWithoutBuffers) => {
+        const msg: Json = { header: m.header, parent_header: nullParent ? null : m.parent, metadata: m.metadata, content: m.content };
+        if (channel !== undefined) msg.channel = channel;
+        let got;
+        if (m.buffers.length === 0 && !binaryWithoutBuffers) {
+          got = decodeJsonFrame(utf8({ ...msg, buffers: [] }), false);
+        } else {
+          got = decodeJsonFrame(jsonBinaryEncode(utf8(msg), m.buffers), true);
+        }
+        expect(got.channel).toBe(channel ?? 'shell');
+        // JSON.stringify of the whole message embeds each member's own serialisation verbatim.
+        expect(got.header.equals(utf8(m.header))).toBe(true);
+        expect(got.parent.equals(nullParent ? Buffer.from('{}') : utf8(m.parent))).toBe(true);
+        expect(got.metadata.equals(utf8(m.metadata))).toBe(true);
+        expect(got.content.equals(utf8(m.content))).toBe(true);
+        expectSameBuffers(got.buffers, m.buffers);
+      }),
       { numRuns: NUM_RUNS },
     );
   });
 
-  it('JSON protocol: any order, extra members up to the bound (old clients\' msg_id and msg_type among them) and earlier duplicates change nothing', () => {
+  it("JSON protocol: any order, extra members up to the bound (old clients' msg_id and msg_type among them) and earlier duplicates change nothing", () => {
     const extra = fc.tuple(
       fc.oneof(fc.constantFrom('msg_id', 'msg_type', 'buffers', 'Header', 'contents'), fc.string({ unit: 'binary', maxLength: 10 })),
       fc.jsonValue({ stringUnit: 'binary', maxDepth: 2 }),
     );
     fc.assert(
-      fc.property(inputChannel, message, fc.array(extra, { maxLength: 24 }), fc.array(fc.constantFrom('header', 'parent_header', 'metadata', 'content', 'channel'), { maxLength: 2 }), fc.nat(), (channel, m, extras, dups, seed) => {
-        const known: [string, unknown][] = [
-          ['header', m.header],
-          ['parent_header', m.parent],
-          ['metadata', m.metadata],
-          ['content', m.content],
-          ['channel', channel],
-        ];
-        const wantedNames = new Set(known.map(([k]) => k));
-        // The kept members last, in a shuffled order, behind the extras and the duplicates that JSON.parse drops.
-        const members = [...extras.filter(([k]) => !wantedNames.has(k)), ...dups.map((k): [string, unknown] => [k, { dropped: true }])];
-        const kept = [...known];
-        for (let k = kept.length - 1; k > 0; k--) {
-          const j = (seed + k * 7919) % (k + 1);
-          [kept[k], kept[j]] = [kept[j]!, kept[k]!];
-        }
-        members.push(...kept);
-        const json = Buffer.from(`{${members.map(([k, v]) => `${JSON.stringify(k)}:${JSON.stringify(v)}`).join(',')}}`, 'utf8');
-        const got = decodeJsonFrame(m.buffers.length === 0 ? json : jsonBinaryEncode(json, m.buffers), m.buffers.length > 0);
-        expect(got.channel).toBe(channel);
-        expect(got.header.equals(utf8(m.header))).toBe(true);
-        expect(got.parent.equals(utf8(m.parent))).toBe(true);
-        expect(got.metadata.equals(utf8(m.metadata))).toBe(true);
-        expect(got.content.equals(utf8(m.content))).toBe(true);
-        expectSameBuffers(got.buffers, m.buffers);
-      }),
+      fc.property(
+        inputChannel,
+        message,
+        fc.array(extra, { maxLength: 24 }),
+        fc.array(fc.constantFrom('header', 'parent_header', 'metadata', 'content', 'channel'), { maxLength: 2 }),
+        fc.nat(),
+        (channel, m, extras, dups, seed) => {
+          const known: [string, unknown][] = [
+            ['header', m.header],
+            ['parent_header', m.parent],
+            ['metadata', m.metadata],
+            ['content', m.content],
+            ['channel', channel],
+          ];
+          const wantedNames = new Set(known.map(([k]) => k));
+          // The kept members last, in a shuffled order, behind the extras and the duplicates that JSON.parse drops.
+          const members = [...extras.filter(([k]) => !wantedNames.has(k)), ...dups.map((k): [string, unknown] => [k, { dropped: true }])];
+          const kept = [...known];
+          for (let k = kept.length - 1; k > 0; k--) {
+            const j = (seed + k * 7919) % (k + 1);
+            [kept[k], kept[j]] = [kept[j]!, kept[k]!];
+          }
+          members.push(...kept);
+          const json = Buffer.from(`{${members.map(([k, v]) => `${JSON.stringify(k)}:${JSON.stringify(v)}`).join(',')}}`, 'utf8');
+          const got = decodeJsonFrame(m.buffers.length === 0 ? json : jsonBinaryEncode(json, m.buffers), m.buffers.length > 0);
+          expect(got.channel).toBe(channel);
+          expect(got.header.equals(utf8(m.header))).toBe(true);
+          expect(got.parent.equals(utf8(m.parent))).toBe(true);
+          expect(got.metadata.equals(utf8(m.metadata))).toBe(true);
+          expect(got.content.equals(utf8(m.content))).toBe(true);
+          expectSameBuffers(got.buffers, m.buffers);
+        },
+      ),
       { numRuns: NUM_RUNS },
     );
   });

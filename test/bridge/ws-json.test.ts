@@ -116,12 +116,23 @@ describe('decodeJsonFrame: top-level members', () => {
     const spread = Array.from({ length: MEMBER_LIMIT - 1 }, (_, k) => known[k % known.length]!).map((k) => `"${k}":${value(k)}`);
     expect(decodeJsonFrame(b(`{"header":{},${spread.join(',')}}`), false).channel).toBe('shell');
     refusedAt(() => decodeJsonFrame(b(`{"header":{},${spread.join(',')},"content":{}}`), false));
-    refusedAt(() => decodeJsonFrame(b(`{${Array(MEMBER_LIMIT + 1).fill('"header":{}').join(',')}}`), false));
+    refusedAt(() =>
+      decodeJsonFrame(
+        b(
+          `{${Array(MEMBER_LIMIT + 1)
+            .fill('"header":{}')
+            .join(',')}}`,
+        ),
+        false,
+      ),
+    );
   });
 
-  it('skips unknown members of any kind of value, old clients\' msg_id and msg_type included', () => {
+  it("skips unknown members of any kind of value, old clients' msg_id and msg_type included", () => {
     const m = decodeJsonFrame(
-      b('{"msg_id":"1","msg_type":"execute_request","header":{"msg_id":"1"},"x":[{"header":{}}],"content2":{"a":1},"":null,"h":"header","content":{"code":"1"},"cont":{},"channel":"control","channelx":"iopub"}'),
+      b(
+        '{"msg_id":"1","msg_type":"execute_request","header":{"msg_id":"1"},"x":[{"header":{}}],"content2":{"a":1},"":null,"h":"header","content":{"code":"1"},"cont":{},"channel":"control","channelx":"iopub"}',
+      ),
       false,
     );
     expect(m.channel).toBe('control');
@@ -132,7 +143,9 @@ describe('decodeJsonFrame: top-level members', () => {
 
   it('keeps the last of duplicate members, as JSON.parse does', () => {
     const m = decodeJsonFrame(
-      b('{"header":{"a":1},"content":{"c":1},"channel":"stdin","metadata":{"m":1},"header":{"b":2},"content":{"c":2},"channel":"control","parent_header":{"p":1},"parent_header":null,"metadata":{"m":2}}'),
+      b(
+        '{"header":{"a":1},"content":{"c":1},"channel":"stdin","metadata":{"m":1},"header":{"b":2},"content":{"c":2},"channel":"control","parent_header":{"p":1},"parent_header":null,"metadata":{"m":2}}',
+      ),
       false,
     );
     expect(String(m.header)).toBe('{"b":2}');
@@ -269,7 +282,7 @@ describe('decodeJsonFrame: malformed frames throw FrameError', () => {
     expectFrameError(() => decodeJsonFrame(b(ok), true));
   });
 
-  it('reads a binary-form frame received as a text frame (jupyter_server\'s gateway client sends them so)', () => {
+  it("reads a binary-form frame received as a text frame (jupyter_server's gateway client sends them so)", () => {
     const binary = jsonBinaryEncode(b(ok), [b('x')]);
     const m = decodeJsonFrame(binary, false);
     expect(m.buffers.map((x) => x.toString())).toEqual(['x']);
@@ -419,7 +432,7 @@ describe('encodeJsonFrame', () => {
     });
   });
 
-  it('splices the kernel\'s bytes verbatim, without re-serialising them', () => {
+  it("splices the kernel's bytes verbatim, without re-serialising them", () => {
     const out = Buffer.concat(encodeJsonFrame('shell', parts()).chunks);
     for (const raw of [header, b('{"msg_id": "p1"}'), b('{"name": "stdout", "text": "héllo 🌍 中文\\n"}')]) expect(out.includes(raw)).toBe(true);
   });

@@ -214,7 +214,13 @@ describe('sendFrame over a real ws server and client', () => {
   it('client → gateway: fragmented v1 and JSON binary frames with 1 MiB buffers are joined by ws and accepted by the decoders', async () => {
     const { server, client } = await connect();
     const buffers = [pseudoRandomBuffer(MiB, 6), Buffer.alloc(0), pseudoRandomBuffer(MiB, 7)];
-    const p = { header: Buffer.from('{"msg_id":"c","msg_type":"comm_msg"}'), parent: Buffer.from('{}'), metadata: Buffer.from('{}'), content: Buffer.from('{"data":"ü"}'), buffers };
+    const p = {
+      header: Buffer.from('{"msg_id":"c","msg_type":"comm_msg"}'),
+      parent: Buffer.from('{}'),
+      metadata: Buffer.from('{}'),
+      content: Buffer.from('{"data":"ü"}'),
+      buffers,
+    };
 
     const v1Chunks = v1EncodeChunks('shell', p);
     const calls = spy(client);

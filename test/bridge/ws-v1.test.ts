@@ -273,7 +273,7 @@ describe('encodeV1Frame', () => {
     expect(out.toString('utf8', 56, 56 + ch.length)).toBe(ch);
   });
 
-  it('passes the kernel\'s frames through as chunks, without copying them', () => {
+  it("passes the kernel's frames through as chunks, without copying them", () => {
     const big = Buffer.alloc(100_000, 3);
     const m = p([big]);
     const f = encodeV1Frame('iopub', m);

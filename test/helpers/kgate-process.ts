@@ -38,7 +38,6 @@ export async function startKgate(args: string[], env: Record<string, string> = {
   return { child, url, lines, exited };
 }
 
-
 /** Resident and peak resident memory of a process, in bytes. */
 export function memoryOf(pid: number): { rss: number; peak: number } {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');

@@ -198,28 +198,44 @@ describe('bad WebSocket frames close only the sender, with 1007 and a reason', (
     ['a message to iopub', 'json', () => JSON.stringify({ ...makeRequest('execute_request', { code: '1' }, 's'), channel: 'iopub' })],
     ['a garbage binary JSON-protocol table', 'json', () => Buffer.from([0xff, 0xff, 0xff, 0xff, 1, 2, 3])],
     ['garbage v1 offsets', 'v1', () => Buffer.from('\x05\x00\x00\x00\x00\x00\x00\x00garbage')],
-    ['v1 offsets past the end', 'v1', () => {
-      const b = v1Valid();
-      b.writeBigUInt64LE(1n << 40n, 16);
-      return b;
-    }],
-    ['v1 offsets going backwards', 'v1', () => {
-      const b = v1Valid();
-      b.writeBigUInt64LE(60n, 16);
-      b.writeBigUInt64LE(56n, 24);
-      return b;
-    }],
-    ['a v1 count of 2^40', 'v1', () => {
-      const b = v1Valid();
-      b.writeBigUInt64LE(1n << 40n, 0);
-      return b;
-    }],
+    [
+      'v1 offsets past the end',
+      'v1',
+      () => {
+        const b = v1Valid();
+        b.writeBigUInt64LE(1n << 40n, 16);
+        return b;
+      },
+    ],
+    [
+      'v1 offsets going backwards',
+      'v1',
+      () => {
+        const b = v1Valid();
+        b.writeBigUInt64LE(60n, 16);
+        b.writeBigUInt64LE(56n, 24);
+        return b;
+      },
+    ],
+    [
+      'a v1 count of 2^40',
+      'v1',
+      () => {
+        const b = v1Valid();
+        b.writeBigUInt64LE(1n << 40n, 0);
+        return b;
+      },
+    ],
     ['a v1 text frame', 'v1', () => '{"channel":"shell"}'],
-    ['a v1 unknown channel', 'v1', () => {
-      const b = v1Valid();
-      b.write('xxxxx', 56);
-      return b;
-    }],
+    [
+      'a v1 unknown channel',
+      'v1',
+      () => {
+        const b = v1Valid();
+        b.write('xxxxx', 56);
+        return b;
+      },
+    ],
   ];
 
   it.each(cases)('%s', async (_what, protocol, frame) => {

@@ -24,13 +24,19 @@ afterAll(async () => {
 });
 
 /** A request by absolute path, outside `t.url`'s prefix. */
-const raw = (path: string, init: RequestInit = {}): Promise<Response> =>
-  fetch(`${origin}${path}`, { ...init, headers: { Authorization: `token ${t.token}`, ...init.headers } });
+const raw = (path: string, init: RequestInit = {}): Promise<Response> => fetch(`${origin}${path}`, { ...init, headers: { Authorization: `token ${t.token}`, ...init.headers } });
 
 describe('the option', () => {
   it('is normalised to start and end with /', () => {
     expect(t.url.endsWith('/gw/')).toBe(true);
-    for (const [given, want] of [['/', '/'], ['', '/'], ['gw', '/gw/'], ['/gw', '/gw/'], ['gw/', '/gw/'], ['/a/b.c/', '/a/b.c/']] as const) {
+    for (const [given, want] of [
+      ['/', '/'],
+      ['', '/'],
+      ['gw', '/gw/'],
+      ['/gw', '/gw/'],
+      ['gw/', '/gw/'],
+      ['/a/b.c/', '/a/b.c/'],
+    ] as const) {
       expect(loadConfig(['--base-url', given], {}).baseUrl, given).toBe(want);
     }
     expect(loadConfig([], { KG_BASE_URL: '/from-env' }).baseUrl).toBe('/from-env/');

@@ -152,13 +152,19 @@ describe('a socket closed for a malformed frame', () => {
     socket.on('data', (d: Buffer) => (received = Buffer.concat([received, d])));
     socket.on('error', () => undefined);
     const path = `${new URL(t.url).pathname}api/kernels/${kernelId}/channels?session_id=${randomUUID()}&token=${t.token}`;
-    socket.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+    socket.write(
+      `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+    );
     await until(() => received.includes('\r\n\r\n'), 'the upgrade answer', 10_000, 10);
     expect(received.toString('latin1')).toMatch(/^HTTP\/1\.1 101 /);
     received = Buffer.alloc(0);
 
     // One write: a frame that is not JSON, then a valid execute_request.
-    const leak = makeRequest('execute_request', { code: 'print("leak")', silent: false, store_history: false, user_expressions: {}, allow_stdin: false, stop_on_error: true }, randomUUID());
+    const leak = makeRequest(
+      'execute_request',
+      { code: 'print("leak")', silent: false, store_history: false, user_expressions: {}, allow_stdin: false, stop_on_error: true },
+      randomUUID(),
+    );
     socket.write(Buffer.concat([maskedTextFrame('{"header": not json'), maskedTextFrame(JSON.stringify({ ...leak, buffers: [] }))]));
     // kgate answers with a close frame (opcode 8) carrying 1007.
     await until(() => received.length >= 4, 'the close frame', 10_000, 10);

@@ -196,7 +196,7 @@ describe('--allow-origin *', () => {
     const p = await preflight(t, 'api/sessions', 'https://anywhere.example');
     expect(p.status).toBe(204);
     expect(p.headers.get('access-control-allow-origin')).toBe('*');
-    expect((await t.api('api/kernels', { headers: { Origin: EVIL }, method: 'GET' }).then((x) => x.status))).toBe(200);
+    expect(await t.api('api/kernels', { headers: { Origin: EVIL }, method: 'GET' }).then((x) => x.status)).toBe(200);
     const noToken = await fetch(new URL('api/kernels', t.url), { headers: { Origin: EVIL } });
     expect(noToken.status).toBe(401);
   });
@@ -264,7 +264,7 @@ describe('the flags', () => {
       'http://b:81',
     ]);
     expect(load([], { KG_ALLOW_ORIGIN: 'http://a:1, http://b:2' }).allowOrigin).toEqual(['http://a:1', 'http://b:2']);
-    expect(load([], { KG_FRAME_ANCESTORS: "self https://app.example.com" }).frameAncestors).toEqual(["'self'", 'https://app.example.com']);
+    expect(load([], { KG_FRAME_ANCESTORS: 'self https://app.example.com' }).frameAncestors).toEqual(["'self'", 'https://app.example.com']);
     expect(load([]).frameAncestors).toEqual(["'none'"]);
     expect(load([]).allowOrigin).toEqual([]);
   });

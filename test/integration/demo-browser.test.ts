@@ -75,11 +75,16 @@ beforeAll(async () => {
   embedder = await startEmbedder();
   embedderPort = (embedder.address() as { port: number }).port;
   kgate = await startKgate([
-    '--port', '0',
-    '--demo-port', '0',
-    '--auth-token', TOKEN,
-    '--frame-ancestors', `http://127.0.0.1:${embedderPort}`,
-    '--runtime-dir', mkdtempSync(join(tmpdir(), 'kgate-rt-')),
+    '--port',
+    '0',
+    '--demo-port',
+    '0',
+    '--auth-token',
+    TOKEN,
+    '--frame-ancestors',
+    `http://127.0.0.1:${embedderPort}`,
+    '--runtime-dir',
+    mkdtempSync(join(tmpdir(), 'kgate-rt-')),
   ]);
   demoUrl = (await waitForLine(kgate, /^demo page: (http:\/\/\S+)$/))[1]!;
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: process.getuid?.() === 0 ? ['--no-sandbox'] : [] });

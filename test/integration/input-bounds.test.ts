@@ -38,11 +38,16 @@ let log = '';
 
 beforeAll(async () => {
   k = await startKgate([
-    '--port', '0',
-    '--auth-token', TOKEN,
-    '--max-client-input', String(CLIENT_BOUND),
-    '--max-kernel-input', String(KERNEL_BOUND),
-    '--runtime-dir', mkdtempSync(join(tmpdir(), 'kgate-rt-')),
+    '--port',
+    '0',
+    '--auth-token',
+    TOKEN,
+    '--max-client-input',
+    String(CLIENT_BOUND),
+    '--max-kernel-input',
+    String(KERNEL_BOUND),
+    '--runtime-dir',
+    mkdtempSync(join(tmpdir(), 'kgate-rt-')),
   ]);
   k.child.stderr!.on('data', (d: Buffer) => (log += d.toString()));
   t = gatewayClient(k.url, TOKEN);

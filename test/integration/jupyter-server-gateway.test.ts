@@ -128,7 +128,10 @@ afterAll(async () => {
 
 describe('jupyter server --gateway-url pointed at kgate', () => {
   it('lists kgate kernelspecs and serves their logos through the notebook server', async () => {
-    const own = (await (await t.api('api/kernelspecs')).json()) as { default: string; kernelspecs: Record<string, { spec: { argv: string[] }; resources: Record<string, string> }> };
+    const own = (await (await t.api('api/kernelspecs')).json()) as {
+      default: string;
+      kernelspecs: Record<string, { spec: { argv: string[] }; resources: Record<string, string> }>;
+    };
     const r = await nb.api('api/kernelspecs');
     expect(r.status).toBe(200);
     const listed = (await r.json()) as typeof own;

@@ -4,14 +4,7 @@
  * `ws` WebSocket, and the library's own managers for kernelspecs, kernels and
  * sessions, against real ipykernel kernels.
  */
-import {
-  KernelManager,
-  KernelMessage,
-  KernelSpecManager,
-  ServerConnection,
-  SessionManager,
-  type Kernel,
-} from '@jupyterlab/services';
+import { KernelManager, KernelMessage, KernelSpecManager, ServerConnection, SessionManager, type Kernel } from '@jupyterlab/services';
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { until } from '../helpers/wait.js';

@@ -142,7 +142,11 @@ async function connect(kernelId: string, query: string, protocols: string[] = []
     const ws = new WebSocket(url, protocols);
     ws.once('error', (e) => reject(e));
     ws.once('upgrade', (res) => {
-      conform('GET', '/api/kernels/{id}/channels', { status: res.statusCode ?? 0, headers: { get: (h) => (res.headers[h.toLowerCase()] as string | undefined) ?? null }, text: '' });
+      conform('GET', '/api/kernels/{id}/channels', {
+        status: res.statusCode ?? 0,
+        headers: { get: (h) => (res.headers[h.toLowerCase()] as string | undefined) ?? null },
+        text: '',
+      });
     });
     ws.once('open', () => resolve({ status: 101, ws }));
     ws.once('unexpected-response', (_req, res) => {
@@ -150,7 +154,11 @@ async function connect(kernelId: string, query: string, protocols: string[] = []
       res.on('data', (d: Buffer) => (text += d.toString()));
       res.on('end', () => {
         try {
-          conform('GET', '/api/kernels/{id}/channels', { status: res.statusCode ?? 0, headers: { get: (h) => (res.headers[h.toLowerCase()] as string | undefined) ?? null }, text });
+          conform('GET', '/api/kernels/{id}/channels', {
+            status: res.statusCode ?? 0,
+            headers: { get: (h) => (res.headers[h.toLowerCase()] as string | undefined) ?? null },
+            text,
+          });
           resolve({ status: res.statusCode ?? 0 });
         } catch (e) {
           reject(e);
@@ -307,7 +315,9 @@ describe('every route, answered as described', () => {
     const json = { get: (h: string) => (h === 'content-type' ? 'application/json; charset=utf-8' : null) };
     expect(() => conform('GET', '/api/kernels', { status: 418, headers: json, text: '[]' })).toThrow(/not described/);
     expect(() => conform('GET', '/api/kernels', { status: 200, headers: json, text: '[{"id":"x"}]' })).toThrow(/does not match/);
-    expect(() => conform('GET', '/api/status', { status: 200, headers: json, text: '{"started":"2024-01-01T00:00:00Z","last_activity":"x","kernels":0,"connections":0,"pools":{}}' })).toThrow(/does not match/);
+    expect(() =>
+      conform('GET', '/api/status', { status: 200, headers: json, text: '{"started":"2024-01-01T00:00:00Z","last_activity":"x","kernels":0,"connections":0,"pools":{}}' }),
+    ).toThrow(/does not match/);
     expect(() => conform('GET', '/api/kernels/{id}', { status: 200, headers: json, text: '{"reason":"x","message":"y","code":"KG_NOT_FOUND"}' })).toThrow(/does not match/);
     const kernel = '{"id":"k","name":"python3","last_activity":"2024-01-01T00:00:00.000000Z","execution_state":"idle","connections":0}';
     expect(() => conform('POST', '/api/kernels', { status: 201, headers: json, text: kernel })).toThrow(/Location/);

@@ -17,7 +17,10 @@ afterAll(async () => {
 });
 
 const notices = (c: KernelClient, msgId: string): string[] =>
-  c.outputs(msgId).filter((m) => m.header.msg_type === 'stream' && String(m.content['text']).startsWith('IOPub ')).map((m) => String(m.content['text']));
+  c
+    .outputs(msgId)
+    .filter((m) => m.header.msg_type === 'stream' && String(m.content['text']).startsWith('IOPub '))
+    .map((m) => String(m.content['text']));
 
 describe('iopub rate limit', () => {
   it('stops a flood of messages past --iopub-msg-rate-limit, tells every client once, and lets the reply through', async () => {

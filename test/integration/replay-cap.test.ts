@@ -31,17 +31,26 @@ const kernels: string[] = [];
 
 beforeAll(async () => {
   k = await startKgate([
-    '--port', '0',
-    '--auth-token', TOKEN,
-    '--replay-bytes', String(128 * MiB),
-    '--replay-kernel-bytes', String(128 * MiB),
-    '--replay-total-bytes', String(TOTAL_BOUND),
+    '--port',
+    '0',
+    '--auth-token',
+    TOKEN,
+    '--replay-bytes',
+    String(128 * MiB),
+    '--replay-kernel-bytes',
+    String(128 * MiB),
+    '--replay-total-bytes',
+    String(TOTAL_BOUND),
     // Enough for the sessions that reconnect and leave again at the end (each parks anew).
-    '--replay-sessions', '16',
+    '--replay-sessions',
+    '16',
     // A replay is written at once: the socket's own bound must hold one kernel's 24 MiB.
-    '--max-client-buffer', String(64 * MiB),
-    '--replay-seconds', '120',
-    '--runtime-dir', mkdtempSync(join(tmpdir(), 'kgate-rt-')),
+    '--max-client-buffer',
+    String(64 * MiB),
+    '--replay-seconds',
+    '120',
+    '--runtime-dir',
+    mkdtempSync(join(tmpdir(), 'kgate-rt-')),
   ]);
   t = gatewayClient(k.url, TOKEN);
 });

@@ -28,7 +28,8 @@ async function executeAndLeave(c: KernelClient, code: string): Promise<string> {
   return id;
 }
 
-const notice = (msgs: Msg[]): Msg | undefined => msgs.find((m) => m.header.msg_type === 'stream' && String(m.content['text']).startsWith('[kgate] Output sent while this client was disconnected was lost'));
+const notice = (msgs: Msg[]): Msg | undefined =>
+  msgs.find((m) => m.header.msg_type === 'stream' && String(m.content['text']).startsWith('[kgate] Output sent while this client was disconnected was lost'));
 
 describe('replay on reconnect', () => {
   it('replays what the session missed, in order, then live traffic', async () => {

@@ -51,7 +51,10 @@ describe('kernelspecs', () => {
   it('lists python3 with a default and serves its resources', async () => {
     const r = await t.api('api/kernelspecs');
     expect(r.status).toBe(200);
-    const body = (await r.json()) as { default: string; kernelspecs: Record<string, { name: string; spec: { argv: string[]; language: string; env?: unknown }; resources: Record<string, string> }> };
+    const body = (await r.json()) as {
+      default: string;
+      kernelspecs: Record<string, { name: string; spec: { argv: string[]; language: string; env?: unknown }; resources: Record<string, string> }>;
+    };
     expect(body.default).toBe('python3');
     const py = body.kernelspecs['python3']!;
     expect(py.spec.language).toBe('python');
@@ -155,9 +158,7 @@ describe('env', () => {
     expect(text).not.toContain('alice');
     const id = (JSON.parse(text) as KernelModel).id;
     const c = await KernelClient.connect(t, id);
-    const m = c.execute(
-      "import os; print(os.environ.get('KERNEL_USERNAME'), os.environ.get('KERNEL_EXTRA'), os.environ.get('LD_PRELOAD'), os.environ.get('PATH') != '/evil')",
-    );
+    const m = c.execute("import os; print(os.environ.get('KERNEL_USERNAME'), os.environ.get('KERNEL_EXTRA'), os.environ.get('LD_PRELOAD'), os.environ.get('PATH') != '/evil')");
     await c.reply(m);
     expect(stdout(c.outputs(m)).trim()).toBe('alice x y None True');
     c.close();

@@ -81,15 +81,20 @@ describe('two gateway processes on one state dir', () => {
     await new Promise((res) => setTimeout(res, 2500));
     for (const pid of pidsOf(id)) process.kill(pid, 'SIGKILL');
     await onB.next((m) => m.header.msg_type === 'status' && m.content['execution_state'] === 'restarting', 20_000);
-    await until(async () => {
-      const probe = onB.execute('print("back")');
-      try {
-        await onB.reply(probe, 3000);
-        return stdout(onB.outputs(probe)) === 'back\n';
-      } catch {
-        return false;
-      }
-    }, 'the kernel back after the crash, restarted by B', 30_000, 100);
+    await until(
+      async () => {
+        const probe = onB.execute('print("back")');
+        try {
+          await onB.reply(probe, 3000);
+          return stdout(onB.outputs(probe)) === 'back\n';
+        } catch {
+          return false;
+        }
+      },
+      'the kernel back after the crash, restarted by B',
+      30_000,
+      100,
+    );
 
     // Shut down through B: gone everywhere, no process left.
     expect((await b.t.api(`api/kernels/${id}`, { method: 'DELETE' })).status).toBe(204);

@@ -60,7 +60,14 @@ describe('a client that stops reading', () => {
     const session = randomUUID();
     const msg = makeRequest(
       'execute_request',
-      { code: `import sys\nc = 'x' * ${CHUNK}\nimport time\nfor _ in range(${CHUNKS}):\n    sys.stdout.write(c); sys.stdout.flush(); time.sleep(0.0005)`, silent: false, store_history: false, user_expressions: {}, allow_stdin: false, stop_on_error: true },
+      {
+        code: `import sys\nc = 'x' * ${CHUNK}\nimport time\nfor _ in range(${CHUNKS}):\n    sys.stdout.write(c); sys.stdout.flush(); time.sleep(0.0005)`,
+        silent: false,
+        store_history: false,
+        user_expressions: {},
+        allow_stdin: false,
+        stop_on_error: true,
+      },
       session,
     );
     let received = 0;
@@ -71,7 +78,11 @@ describe('a client that stops reading', () => {
       let idle = false;
       reader.once('close', (code: number) => reject(new Error(`the reading client was closed with ${code}`)));
       reader.on('message', (data: Buffer) => {
-        const m = JSON.parse(data.toString('utf8')) as { header: { msg_type: string }; parent_header: { msg_id?: string }; content: { text?: string; execution_state?: string; status?: string } };
+        const m = JSON.parse(data.toString('utf8')) as {
+          header: { msg_type: string };
+          parent_header: { msg_id?: string };
+          content: { text?: string; execution_state?: string; status?: string };
+        };
         if (m.parent_header.msg_id !== msg.header.msg_id) return;
         if (m.header.msg_type === 'stream') {
           received += m.content.text!.length;
