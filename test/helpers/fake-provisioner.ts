@@ -32,6 +32,16 @@ import type {
   ProvisionerInfo,
 } from '../../src/provisioner/types.js';
 
+/** Small link bounds and no replay: what the control plane's unit tests need of a kernel link. */
+export const testLinkOptions = {
+  verifySignatures: true,
+  maxQueued: 1000,
+  maxKernelInputBytes: 1 << 20,
+  maxClientInputBytes: 1 << 20,
+  iopubHighWaterMark: 1000,
+  replay: { maxBytes: 0, maxMs: 0, maxSessions: 0, maxKernelBytes: 0, budget: new ReplayBudget(0) },
+};
+
 const url = (c: KernelPorts, port: number): string => `tcp://${c.ip}:${port}`;
 
 /** A Jupyter kernel that answers what the gateway asks on its own: kernel_info, interrupt, shutdown, heartbeat. */
@@ -329,14 +339,7 @@ export function fakeManager(fake: FakeOptions | ((n: number) => FakeOptions) = {
     restartLimit: 3,
     // Generous, so a loaded machine's event loop is not taken for a dead kernel; tests of the heartbeat pass their own.
     heartbeat: { intervalMs: 20, timeoutMs: 1000 },
-    link: {
-      verifySignatures: true,
-      maxQueued: 1000,
-      maxKernelInputBytes: 1 << 20,
-      maxClientInputBytes: 1 << 20,
-      iopubHighWaterMark: 1000,
-      replay: { maxBytes: 0, maxMs: 0, maxSessions: 0, maxKernelBytes: 0, budget: new ReplayBudget(0) },
-    },
+    link: testLinkOptions,
     envPolicy: { allow: new Set() },
     rootDir: tmpdir(),
     maxKernels: 0,

@@ -6,14 +6,13 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { KernelLink, type LinkClient } from '../../src/bridge/kernel-link.js';
-import { ReplayBudget } from '../../src/bridge/replay.js';
 import { ErrorCodes, KgateError, kernelUnschedulable } from '../../src/errors.js';
 import { events, type KernelDeathEvent, type KernelProgressEvent, type KernelRestartEvent, type KernelStartFailedEvent } from '../../src/events.js';
 import { errorHeaders, httpStatusOf } from '../../src/gateway/http-errors.js';
 import { restartBackoffMs } from '../../src/kernels/supervisor.js';
 import type { ConnectionInfo } from '../../src/provisioner/types.js';
 import { until } from '../helpers/wait.js';
-import { fakeManager, type FakeManager } from '../helpers/fake-provisioner.js';
+import { fakeManager, testLinkOptions, type FakeManager } from '../helpers/fake-provisioner.js';
 
 let t: FakeManager | undefined;
 const unsubscribe: Array<() => void> = [];
@@ -271,11 +270,4 @@ describe('a relaunch that answers a new address', () => {
   });
 });
 
-const linkOptions = {
-  verifySignatures: true,
-  maxQueued: 1000,
-  maxKernelInputBytes: 1 << 20,
-  maxClientInputBytes: 1 << 20,
-  iopubHighWaterMark: 1000,
-  replay: { maxBytes: 0, maxMs: 0, maxSessions: 0, maxKernelBytes: 0, budget: new ReplayBudget(0) },
-};
+const linkOptions = testLinkOptions;
