@@ -7,7 +7,7 @@ import { fakeManager } from '../helpers/fake-provisioner.js';
 
 const user = (name: string): Principal => ({ user: name, tenant: DEFAULT_TENANT, scopes: new Set(), via: 'static-token' });
 
-describe('admission', () => {
+describe('fake provisioner: admission', () => {
   it('KernelLimits counts reservations in flight, in all and per user, and a release gives the slot back once', () => {
     const limits = new KernelLimits({ maxKernels: 3, maxKernelsPerUser: 2 });
     const running = { size: 0, ownedBy: () => 0 };

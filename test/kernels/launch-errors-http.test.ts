@@ -10,7 +10,7 @@ import { createServer } from '../../src/gateway/app.js';
 import { createLogger } from '../../src/log.js';
 import { fakeKernelspecDir, fakeProvisionerFactory } from '../helpers/fake-provisioner.js';
 
-describe('launch errors over HTTP', () => {
+describe('fake provisioner: launch errors over HTTP', () => {
   it('POST /api/kernels on an unschedulable kernelspec: 503, Retry-After, KG_KERNEL_UNSCHEDULABLE and the reason', async () => {
     const reason = '0/3 nodes are available: 3 Insufficient nvidia.com/mig-3g.20gb.';
     const fake = fakeProvisionerFactory({ script: [kernelUnschedulable(reason, 45)] });

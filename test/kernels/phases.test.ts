@@ -4,7 +4,7 @@ import { ErrorCodes, KgateError } from '../../src/errors.js';
 import { ALL_PHASES, LEGAL_MOVES, canMove, checkMove } from '../../src/kernels/phases.js';
 import { fakeManager } from '../helpers/fake-provisioner.js';
 
-describe('kernel phases', () => {
+describe('kernel phases (the supervisor check uses a fake provisioner)', () => {
   it('every move not in the table throws KG_INTERNAL; every move in it passes', () => {
     let illegal = 0;
     for (const from of ALL_PHASES) {

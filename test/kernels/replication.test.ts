@@ -34,7 +34,7 @@ function pair(): { a: FakeManager; b: FakeManager; dir: string; cluster: FakeClu
 
 const recordOf = async (dir: string, id: string): Promise<KernelRecord> => JSON.parse(await readFile(join(dir, `${id}.json`), 'utf8')) as KernelRecord;
 
-describe('leases', () => {
+describe('fake provisioner: leases', () => {
   it('the supervising gateway renews its lease; a follower takes the kernel over once it is given up, then supervises it', async () => {
     const { a, b, dir, cluster } = pair();
     const adopted: KernelAdoptEvent[] = [];

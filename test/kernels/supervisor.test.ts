@@ -40,7 +40,7 @@ async function rejection(p: Promise<unknown>): Promise<KgateError> {
   throw new Error('expected a rejection');
 }
 
-describe('restart limit and backoff', () => {
+describe('fake provisioner: restart limit and backoff', () => {
   it('restartBackoffMs: the first attempt at once, then 0.5 s doubling up to 8 s', () => {
     expect([1, 2, 3, 4, 5, 6, 7, 10].map(restartBackoffMs)).toEqual([0, 500, 1000, 2000, 4000, 8000, 8000, 8000]);
   });
@@ -98,7 +98,7 @@ describe('restart limit and backoff', () => {
   });
 });
 
-describe('launch', () => {
+describe('fake provisioner: launch', () => {
   it("an unschedulable start reaches the caller as KG_KERNEL_UNSCHEDULABLE, 503 with Retry-After and the scheduler's reason; nothing is left", async () => {
     const reason = '0/3 nodes are available: 3 Insufficient nvidia.com/mig-3g.20gb.';
     t = fakeManager({ script: [kernelUnschedulable(reason, 45)] });
@@ -225,7 +225,7 @@ class RebindingLink {
     return this.clients.length;
   }
 }
-describe('a relaunch that answers a new address', () => {
+describe('fake provisioner: a relaunch that answers a new address', () => {
   it('rebinds the link and the heartbeat to it; the clients are not closed', async () => {
     const links: RebindingLink[] = [];
     t = fakeManager(

@@ -72,7 +72,7 @@ afterEach(async () => {
 
 const auth = { authorization: `token ${TOKEN}` };
 
-describe('createServer', () => {
+describe('createServer with a fake provisioner', () => {
   it('starts a kernel through a provisioner given by name: an unschedulable start is a 503 with Retry-After', async () => {
     const seen: Seen = { created: [], launched: [] };
     gw = await buildGateway([], { provisioners: [unschedulable('fake-k8s', seen)], kernelspecDirs: [specDir] });
