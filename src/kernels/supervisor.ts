@@ -273,11 +273,7 @@ export class KernelSupervisor {
       if (!this.pooled && events.kernelReady.hasSubscribers) events.kernelReady.publish({ ...this.event(), pooled: false, ms: Date.now() - this.createdAt });
     } catch (e) {
       // A launch that failed cleaned up after itself; one that succeeded and was then cancelled has not.
-      if (launched) {
-        await this.provisioner.kill(false).catch(noop);
-        await this.provisioner.wait(TERMINATE_WAIT_MS);
-        await this.provisioner.cleanup(false).catch(noop);
-      }
+      if (launched) await this.killLaunched(false);
       const cancelled = abort.signal.aborted;
       this.closeClients(cancelled ? WsClose.Normal : WsClose.InternalError, cancelled ? 'kernel shut down' : 'kernel failed to start');
       if (!this.pooled && events.kernelStartFailed.hasSubscribers) {
@@ -343,9 +339,7 @@ export class KernelSupervisor {
         try {
           await this.connect(conn, signal, deadline);
         } catch (e) {
-          await this.provisioner.kill(false).catch(noop);
-          await this.provisioner.wait(TERMINATE_WAIT_MS);
-          await this.provisioner.cleanup(reuse !== undefined).catch(noop);
+          await this.killLaunched(reuse !== undefined);
           throw e;
         }
       }
@@ -554,6 +548,17 @@ export class KernelSupervisor {
     this.launching?.abort(kernelStartCancelled(this.id, 'restart'));
     this.stopWatching();
     if (this.state === 'restarting') this.transition('running');
+  }
+
+  /**
+   * Undoes a launch that will not be used (it failed to answer, or was
+   * cancelled once up): kill, wait for the end, clean up; nothing of it may
+   * throw past here, since the caller is already reporting why.
+   */
+  private async killLaunched(restart: boolean): Promise<void> {
+    await this.provisioner.kill(false).catch(noop);
+    await this.provisioner.wait(TERMINATE_WAIT_MS);
+    await this.provisioner.cleanup(restart).catch(noop);
   }
 
   /** Stops the current kernel process: shutdown_request, then SIGTERM, then SIGKILL. */

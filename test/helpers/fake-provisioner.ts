@@ -15,22 +15,14 @@ import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Publisher, Reply, Router } from 'zeromq';
+import { channelUrl } from '../../src/bridge/kernel-link.js';
 import { makeMessage } from '../../src/bridge/messages.js';
 import { ReplayBudget } from '../../src/bridge/replay.js';
 import { KernelSpecStore } from '../../src/kernels/kernelspecs.js';
 import { KernelManager, type KernelManagerOptions } from '../../src/kernels/manager.js';
 import { createLogger } from '../../src/log.js';
 import { Signer, splitWire, toWire, type WireMessage } from '../../src/bridge/wire.js';
-import type {
-  ConnectionInfo,
-  KernelPorts,
-  LaunchContext,
-  LaunchRequest,
-  Provisioner,
-  ProvisionerCapabilities,
-  ProvisionerFactory,
-  ProvisionerInfo,
-} from '../../src/provisioner/types.js';
+import type { ConnectionInfo, LaunchContext, LaunchRequest, Provisioner, ProvisionerCapabilities, ProvisionerFactory, ProvisionerInfo } from '../../src/provisioner/types.js';
 
 /** Small link bounds and no replay: what the control plane's unit tests need of a kernel link. */
 export const testLinkOptions = {
@@ -41,8 +33,6 @@ export const testLinkOptions = {
   iopubHighWaterMark: 1000,
   replay: { maxBytes: 0, maxMs: 0, maxSessions: 0, maxKernelBytes: 0, budget: new ReplayBudget(0) },
 };
-
-const url = (c: KernelPorts, port: number): string => `tcp://${c.ip}:${port}`;
 
 /** A Jupyter kernel that answers what the gateway asks on its own: kernel_info, interrupt, shutdown, heartbeat. */
 export class MiniKernel {
@@ -65,11 +55,11 @@ export class MiniKernel {
   async start(): Promise<void> {
     const c = this.conn;
     await Promise.all([
-      this.shell.bind(url(c, c.shell_port)),
-      this.control.bind(url(c, c.control_port)),
-      this.stdin.bind(url(c, c.stdin_port)),
-      this.iopub.bind(url(c, c.iopub_port)),
-      this.hb!.bind(url(c, c.hb_port)),
+      this.shell.bind(channelUrl(c, c.shell_port)),
+      this.control.bind(channelUrl(c, c.control_port)),
+      this.stdin.bind(channelUrl(c, c.stdin_port)),
+      this.iopub.bind(channelUrl(c, c.iopub_port)),
+      this.hb!.bind(channelUrl(c, c.hb_port)),
     ]);
     void this.serve(this.shell, 'shell');
     void this.serve(this.control, 'control');
