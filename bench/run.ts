@@ -80,11 +80,12 @@ async function main(): Promise<void> {
 
   const info = machine();
   console.log(`kgate benchmark, scale ${cfg.scale}: ${cfg.scenarios.map((s) => `${LETTERS[s]} ${s}`).join(', ')}`);
+  if (cfg.scrapeSeconds > 0) console.log(`kgate's /metrics scraped every ${cfg.scrapeSeconds} s (BENCH_SCRAPE_SECONDS)`);
   console.log(
     `machine: ${info['cpus']} cpus (${info['cpuModel']}), ${info['memoryGiB']} GiB, node ${info['node']}, Debian ${info['debian']}, ipykernel ${info['ipykernel']}, jupyter_server ${info['jupyterServer']}, kgate ${info['kgateCommit']} (dist built ${info['kgateBuilt']})`,
   );
 
-  const lab = new Lab(root, { nodeArgs: cfg.kgateNodeArgs, args: cfg.kgateArgs });
+  const lab = new Lab(root, { nodeArgs: cfg.kgateNodeArgs, args: cfg.kgateArgs, scrapeSeconds: cfg.scrapeSeconds, log });
   const report = new Report();
   const ctx: Context = { lab, sizes: cfg.sizes, report, targets: cfg.targets, log };
   // The shared servers start side by side while the first scenario begins.

@@ -2,7 +2,8 @@
 # Installs what kgate needs on a Debian/Ubuntu machine with Node.js 20+:
 # the npm packages, the build (gateway and demo page), Debian's python3-ipykernel
 # when no Python kernelspec is found, and python3-matplotlib for the demo page's
-# plot. With --test it also installs what the test suite drives.
+# plot. With --test it also installs what the test suite drives, schemathesis
+# (pinned, from PyPI) among it, in .venv-test/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,8 +25,9 @@ debs=()
 if [ "$want_test" = 1 ]; then
   # The tests drive Debian's real clients and kernels (known versions), whatever else is
   # installed: ipykernel, jupyter server (--gateway-url and the benchmark's peer),
-  # matplotlib (rich output), tornado's websocket client, and Chromium for the demo page.
-  for p in python3-ipykernel python3-jupyter-server python3-matplotlib python3-tornado chromium; do
+  # matplotlib (rich output), tornado's websocket client, Chromium for the demo page, and
+  # venv for the one PyPI tool (schemathesis, below).
+  for p in python3-ipykernel python3-jupyter-server python3-matplotlib python3-tornado chromium python3-venv; do
     dpkg -s "$p" >/dev/null 2>&1 || debs+=("$p")
   done
 else
@@ -40,6 +42,15 @@ if [ ${#debs[@]} -gt 0 ]; then
   echo "kgate setup: installing Debian packages: ${debs[*]}" >&2
   $sudo apt-get update -q >&2
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${debs[@]}" >&2
+fi
+
+# Schemathesis fuzzes the API against its own OpenAPI description; Debian does not package
+# it, so it comes from PyPI at one version, into a venv of its own (skipped when there).
+SCHEMATHESIS=schemathesis==4.32.5
+if [ "$want_test" = 1 ] && [ "$(.venv-test/bin/schemathesis --version 2>/dev/null)" != "schemathesis, version ${SCHEMATHESIS#*==}" ]; then
+  echo "kgate setup: installing $SCHEMATHESIS into .venv-test" >&2
+  python3 -m venv .venv-test
+  .venv-test/bin/pip install -q --disable-pip-version-check "$SCHEMATHESIS" >&2
 fi
 
 echo "kgate setup: installing npm packages and building" >&2

@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { ConfigError, helpText, loadConfig } from './config.js';
 import { DemoNotBuiltError, startDemoServer, type DemoServer } from './demo-server.js';
 import { createServer, httpLimits } from './gateway/app.js';
+import { tokenDigest } from './gateway/token-file.js';
 import { createLogger } from './log.js';
 import { VERSION } from './version.js';
 
@@ -38,7 +39,37 @@ function keepRunningOnFaults(log: Logger): void {
   process.on('unhandledRejection', (reason) => report(reason, 'unhandled rejection'));
 }
 
+/**
+ * `kgate hash-token`: the digest a --token-file entry stores, of the token read
+ * from stdin (not from an argument, which other local users could read in
+ * /proc); one trailing newline is dropped, as `echo` adds one.
+ */
+async function hashToken(): Promise<void> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of process.stdin as AsyncIterable<Buffer>) {
+    size += c.length;
+    if (size > 64 * 1024) {
+      process.stderr.write('kgate hash-token: the token on stdin is longer than 64 KiB\n');
+      process.exit(2);
+    }
+    chunks.push(c);
+  }
+  const token = Buffer.concat(chunks)
+    .toString('utf8')
+    .replace(/\r?\n$/, '');
+  if (token === '') {
+    process.stderr.write('kgate hash-token: give the token on stdin, e.g. printf %s "$TOKEN" | kgate hash-token\n');
+    process.exit(2);
+  }
+  process.stdout.write(`${tokenDigest(token).toString('hex')}\n`);
+}
+
 async function main(): Promise<void> {
+  if (process.argv[2] === 'hash-token') {
+    await hashToken();
+    return;
+  }
   let config;
   try {
     config = loadConfig(process.argv.slice(2));
@@ -70,7 +101,17 @@ async function main(): Promise<void> {
     }
     config = { ...config, demoPort: demo.port };
   }
-  const gateway = await createServer(config, { log });
+  let gateway;
+  try {
+    gateway = await createServer(config, { log });
+  } catch (e) {
+    // A file the config names (--token-file, --jwt-secret-file, --jwks-file, --policy) that is missing or wrong.
+    if (e instanceof ConfigError) {
+      process.stderr.write(`kgate: ${e.message}\n`);
+      process.exit(2);
+    }
+    throw e;
+  }
   const { host, port } = await gateway.listen();
   keepRunningOnFaults(log);
   const shown = host.includes(':') ? `[${host}]` : host;
@@ -105,12 +146,30 @@ async function main(): Promise<void> {
       },
     );
   };
+  // SIGHUP: the token file, the JWKS file and the tenant policy are read again; a bad one keeps the old.
+  let reloading = false;
+  process.on('SIGHUP', () => {
+    if (reloading) return;
+    reloading = true;
+    gateway
+      .reload()
+      .then(
+        () => log.info('reloaded the token file, JWKS file and policy (SIGHUP)'),
+        (err: unknown) => log.error({ reason: err instanceof Error ? err.message : String(err) }, 'reload failed (SIGHUP); the settings in force stay'),
+      )
+      .finally(() => (reloading = false));
+  });
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
   process.on('exit', () => gateway.ctx.kernels.killAllNow());
 }
 
 main().catch((e: unknown) => {
+  // A setting found wrong while building the gateway (a policy or token file): said as at parse time.
+  if (e instanceof ConfigError) {
+    process.stderr.write(`kgate: ${e.message}\n`);
+    process.exit(2);
+  }
   process.stderr.write(`kgate: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
   process.exit(1);
 });

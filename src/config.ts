@@ -10,17 +10,26 @@ import { BRIDGE_OPTIONS, type BridgeConfig } from './bridge/options.js';
 import { GATEWAY_OPTIONS, type GatewayConfig } from './gateway/options.js';
 import { KERNEL_OPTIONS, type KernelsConfig } from './kernels/options.js';
 import { LOG_OPTIONS, type LogConfig } from './log-options.js';
+import { METERING_OPTIONS, type MeteringConfig } from './metering-options.js';
+import { METRICS_OPTIONS, type MetricsConfig } from './metrics-options.js';
 import { ConfigError, type OptionDef, type OptionSlice } from './options.js';
 
 export { ConfigError };
 
 /** The slices, in the order `--help` and the docs list them. */
-export const SLICES: readonly OptionSlice[] = [GATEWAY_OPTIONS, KERNEL_OPTIONS, BRIDGE_OPTIONS, LOG_OPTIONS];
+export const SLICES: readonly OptionSlice[] = [GATEWAY_OPTIONS, KERNEL_OPTIONS, BRIDGE_OPTIONS, METERING_OPTIONS, METRICS_OPTIONS, LOG_OPTIONS];
 
 /** Every option by its key in Config. */
-export const OPTIONS = { ...GATEWAY_OPTIONS.options, ...KERNEL_OPTIONS.options, ...BRIDGE_OPTIONS.options, ...LOG_OPTIONS.options } as const;
+export const OPTIONS = {
+  ...GATEWAY_OPTIONS.options,
+  ...KERNEL_OPTIONS.options,
+  ...BRIDGE_OPTIONS.options,
+  ...METERING_OPTIONS.options,
+  ...METRICS_OPTIONS.options,
+  ...LOG_OPTIONS.options,
+} as const;
 
-export type Config = GatewayConfig & KernelsConfig & BridgeConfig & LogConfig;
+export type Config = GatewayConfig & KernelsConfig & BridgeConfig & MeteringConfig & MetricsConfig & LogConfig;
 
 // Two slices that declared the same key or flag would silently shadow each other.
 {

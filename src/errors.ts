@@ -52,6 +52,7 @@ export const ErrorCodes = {
   KERNEL_IMAGE_UNAVAILABLE: 'KG_KERNEL_IMAGE_UNAVAILABLE',
   KERNEL_LAUNCH_RETRYABLE: 'KG_KERNEL_LAUNCH_RETRYABLE',
   TENANT_QUOTA: 'KG_TENANT_QUOTA',
+  KERNELSPEC_NOT_ALLOWED: 'KG_KERNELSPEC_NOT_ALLOWED',
   KERNEL_DEAD: 'KG_KERNEL_DEAD',
   KERNEL_BUSY_RESTARTING: 'KG_KERNEL_RESTARTING',
   KERNEL_LIMIT: 'KG_KERNEL_LIMIT',
@@ -101,8 +102,13 @@ export const tenantQuota = (message: string): KgateError => new KgateError(Error
 export const kernelDead = (id: string): KgateError => new KgateError(ErrorCodes.KERNEL_DEAD, `kernel ${id} is dead`);
 export const kernelRestarting = (id: string): KgateError => new KgateError(ErrorCodes.KERNEL_BUSY_RESTARTING, `kernel ${id} is already restarting or shutting down`);
 export const kernelLimit = (max: number): KgateError => new KgateError(ErrorCodes.KERNEL_LIMIT, `the gateway runs its maximum of ${max} kernels; shut one down first`);
-export const userKernelLimit = (user: string, max: number): KgateError =>
-  new KgateError(ErrorCodes.USER_KERNEL_LIMIT, `user ${JSON.stringify(truncate(user))} runs the maximum of ${max} kernels per user; shut one down first`);
+export const userKernelLimit = (user: string, max: number, where = '--max-kernels-per-user'): KgateError =>
+  new KgateError(ErrorCodes.USER_KERNEL_LIMIT, `user ${JSON.stringify(truncate(user))} runs the maximum of ${max} kernels per user (${where}); shut one down first`);
+export const kernelspecNotAllowed = (tenant: string, name: string, allowed: readonly string[] = []): KgateError =>
+  new KgateError(
+    ErrorCodes.KERNELSPEC_NOT_ALLOWED,
+    `tenant ${JSON.stringify(truncate(tenant))} may not start kernelspec ${JSON.stringify(truncate(name))} (the policy allows ${allowed.length > 0 ? allowed.map((a) => truncate(a)).join(', ') : 'none'})`,
+  );
 export const internalError = (message: string, cause?: unknown): KgateError => new KgateError(ErrorCodes.INTERNAL, message, { cause });
 
 /** Client input is echoed in messages only in part, so a 10 KB name does not come back whole. */

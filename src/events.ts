@@ -10,6 +10,7 @@
  * Messages never carry a kernel's key, a token or message content.
  */
 import diagnostics from 'node:diagnostics_channel';
+import type { ResourceRequest } from './provisioner/types.js';
 
 /** A diagnostics channel whose messages are of one type (node's own typing leaves them `unknown`). */
 export interface EventChannel<T> {
@@ -39,10 +40,17 @@ export interface KernelStartEvent extends KernelEvent {
   /** Handed out from a warm pool rather than launched. */
   pooled: boolean;
 }
+/**
+ * The kernel is up and belongs to its owner: launched and answering, or handed
+ * out from a warm pool (`pooled`; a kernel waiting in a pool has no ready
+ * event). Metering charges from here.
+ */
 export interface KernelReadyEvent extends KernelEvent {
   pooled: boolean;
   /** From the start request to the kernel's first answer. */
   ms: number;
+  /** What is reserved for it while it lives (restarts included). */
+  resources: ResourceRequest;
 }
 export interface KernelStartFailedEvent extends KernelEvent {
   code: string;
@@ -70,9 +78,22 @@ export interface KernelShutdownEvent extends KernelEvent {
 export interface KernelCullEvent extends KernelEvent {
   idleMs: number;
 }
+/** This gateway supervises a kernel that was already running (it publishes no ready event for it). */
 export interface KernelAdoptEvent extends KernelEvent {
   /** Adopted after a gateway died, or taken over from a replica whose lease lapsed. */
   how: 'adopted' | 'takeover';
+  /** What its record says is reserved for it (empty when the record does not say). */
+  resources: ResourceRequest;
+}
+/**
+ * This gateway stops supervising a kernel that goes on running, or was shut
+ * down through another gateway: let go (`--keep-kernels`, or its record is
+ * gone), or its lease was taken by another gateway (`stepped_down`). No
+ * shutdown event follows here.
+ */
+export interface KernelReleaseEvent extends KernelEvent {
+  how: 'released' | 'stepped_down';
+  reason: string;
 }
 export interface ClientEvent {
   kernelId: string;
@@ -92,6 +113,12 @@ export interface LinkDropEvent {
   count: number;
 }
 
+/** A request or WebSocket upgrade refused with 401; `kind` is the authenticator's (src/gateway/auth.ts AUTH_FAILURES). */
+export interface AuthFailureEvent {
+  kind: string;
+  transport: 'http' | 'websocket';
+}
+
 /** Every channel, by name; one object, looked up once (diagnostics_channel keeps them by name too). */
 export const events = {
   kernelStart: channel<KernelStartEvent>('kgate:kernel:start'),
@@ -103,10 +130,12 @@ export const events = {
   kernelShutdown: channel<KernelShutdownEvent>('kgate:kernel:shutdown'),
   kernelCull: channel<KernelCullEvent>('kgate:kernel:cull'),
   kernelAdopt: channel<KernelAdoptEvent>('kgate:kernel:adopt'),
+  kernelRelease: channel<KernelReleaseEvent>('kgate:kernel:release'),
   clientAttach: channel<ClientEvent>('kgate:client:attach'),
   clientDetach: channel<ClientCloseEvent>('kgate:client:detach'),
   clientDrop: channel<ClientDropEvent>('kgate:client:drop'),
   linkDrop: channel<LinkDropEvent>('kgate:link:drop'),
+  authFailure: channel<AuthFailureEvent>('kgate:auth:failure'),
 };
 
 /** Publishes when someone listens; callers on a hot path check `hasSubscribers` before building the message. */

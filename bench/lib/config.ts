@@ -5,7 +5,9 @@
  * - `BENCH_TARGETS=direct,kgate-json,...`: the targets to measure (default all);
  * - `BENCH_OUT`: where the JSON results go;
  * - `BENCH_KGATE_NODE_ARGS`, `BENCH_KGATE_ARGS`: extra `node` and kgate options
- *   (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile kgate).
+ *   (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile kgate);
+ * - `BENCH_SCRAPE_SECONDS=1`: scrape every kgate's `GET /metrics` this often
+ *   while it runs, as Prometheus would (default 0: never).
  */
 import { TARGETS, type Target } from './lab.js';
 
@@ -75,6 +77,14 @@ export interface RunConfig {
   out: string | undefined;
   kgateNodeArgs: string[];
   kgateArgs: string[];
+  /** Seconds between scrapes of each kgate's /metrics; 0: none. */
+  scrapeSeconds: number;
+}
+
+function scrapeSeconds(s: string | undefined): number {
+  const n = Number(s || '0');
+  if (!Number.isFinite(n) || n < 0 || n > 3600) throw new Error(`BENCH_SCRAPE_SECONDS must be seconds between 0 and 3600, not ${s}`);
+  return n;
 }
 
 function words(s: string | undefined): string[] {
@@ -105,5 +115,6 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): RunConfig {
     out: env['BENCH_OUT'] || undefined,
     kgateNodeArgs: words(env['BENCH_KGATE_NODE_ARGS']),
     kgateArgs: words(env['BENCH_KGATE_ARGS']),
+    scrapeSeconds: scrapeSeconds(env['BENCH_SCRAPE_SECONDS']),
   };
 }

@@ -97,6 +97,42 @@ export interface KgateOptions {
   nodeArgs?: string[];
   /** Extra kgate options, e.g. `--max-client-buffer`. */
   args?: string[];
+  /** Scrape its GET /metrics this often while it runs (BENCH_SCRAPE_SECONDS); 0 or none: never. */
+  scrapeSeconds?: number;
+  /** Where the scraper's summary goes (the run's progress log). */
+  log?: (m: string) => void;
+}
+
+/**
+ * Scrapes `GET /metrics` every `seconds`, as Prometheus would: one request
+ * at a time (a slow one is not stacked), each with a timeout. `stop()` ends
+ * it and reports how many scrapes there were.
+ */
+function scrapeMetrics(base: string, token: string, seconds: number, log: (m: string) => void): { stop(): void } {
+  let ok = 0;
+  let failed = 0;
+  let bytes = 0;
+  let busy = false;
+  const timer = setInterval(() => {
+    if (busy) return;
+    busy = true;
+    fetch(`${base}metrics`, { headers: { Authorization: `token ${token}` }, signal: AbortSignal.timeout(5000) })
+      .then(async (r) => {
+        const body = await r.text();
+        if (r.status === 200 && body.includes('kgate_kernels')) {
+          ok++;
+          bytes = body.length;
+        } else failed++;
+      })
+      .catch(() => failed++)
+      .finally(() => (busy = false));
+  }, seconds * 1000);
+  return {
+    stop() {
+      clearInterval(timer);
+      log(`kgate /metrics scraped ${ok} times every ${seconds} s (${failed} failed; last ${bytes} bytes)`);
+    },
+  };
 }
 
 /** `node dist/cli.js --port 0 --auth-token X`; resolves once it prints where it listens. */
@@ -135,6 +171,7 @@ export async function startKgate(root: string, opts: KgateOptions = {}): Promise
     30_000,
     'kgate to print its address',
   );
+  const scraper = opts.scrapeSeconds ? scrapeMetrics(base, token, opts.scrapeSeconds, opts.log ?? ((m) => process.stderr.write(`${m}\n`))) : undefined;
   return {
     kind: 'kgate',
     base,
@@ -142,6 +179,7 @@ export async function startKgate(root: string, opts: KgateOptions = {}): Promise
     pid: child.pid!,
     logFile,
     async stop() {
+      scraper?.stop();
       await stopChild(child, 15_000);
       killMatching(dir);
     },

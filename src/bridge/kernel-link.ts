@@ -63,6 +63,60 @@ export interface KernelLinkOptions {
   log: Logger;
   /** The kernel's id, for the events subscribers (metrics) receive. */
   kernelId?: string | undefined;
+  /** What every link of the gateway relayed, counted for metrics (one per gateway). */
+  counts?: RelayCounts | undefined;
+}
+
+/**
+ * What a gateway's links relayed, as plain numbers that metrics read when
+ * scraped: an increment per message on the hot path, nothing published, no
+ * allocation. "in" is client to kernel (as the link takes it), "out" kernel
+ * to clients (once per kernel message, however many clients it goes to).
+ */
+export class RelayCounts {
+  shellInMessages = 0;
+  shellInBytes = 0;
+  controlInMessages = 0;
+  controlInBytes = 0;
+  stdinInMessages = 0;
+  stdinInBytes = 0;
+  iopubOutMessages = 0;
+  iopubOutBytes = 0;
+  shellOutMessages = 0;
+  shellOutBytes = 0;
+  controlOutMessages = 0;
+  controlOutBytes = 0;
+  stdinOutMessages = 0;
+  stdinOutBytes = 0;
+  /** Reconnecting sessions that got what was kept for them, and those told their output was lost. */
+  replayResumed = 0;
+  replayLost = 0;
+
+  countIn(channel: InputChannel, bytes: number): void {
+    if (channel === 'shell') {
+      this.shellInMessages++;
+      this.shellInBytes += bytes;
+    } else if (channel === 'control') {
+      this.controlInMessages++;
+      this.controlInBytes += bytes;
+    } else {
+      this.stdinInMessages++;
+      this.stdinInBytes += bytes;
+    }
+  }
+
+  countReply(channel: InputChannel, bytes: number): void {
+    if (channel === 'shell') {
+      this.shellOutMessages++;
+      this.shellOutBytes += bytes;
+    } else if (channel === 'control') {
+      this.controlOutMessages++;
+      this.controlOutBytes += bytes;
+    } else {
+      this.stdinOutMessages++;
+      this.stdinOutBytes += bytes;
+    }
+  }
 }
 
 /** What became of a client's message (`KernelLink.send`). */
@@ -154,6 +208,7 @@ export class KernelLink {
   private readonly replay: ReplayStore;
   /** Every client is behind: iopub reading pauses after the current message. */
   private allBehind = false;
+  private readonly counts: RelayCounts;
 
   constructor(
     private conn: ConnectionInfo,
@@ -169,6 +224,7 @@ export class KernelLink {
     this.iopub = new Subscriber({ ...SOCKET_OPTIONS, receiveHighWaterMark: options.iopubHighWaterMark });
     this.rateLimiter = options.iopubRateLimit ? new IopubRateLimiter(options.iopubRateLimit) : undefined;
     this.replay = new ReplayStore(options.replay);
+    this.counts = options.counts ?? new RelayCounts();
     this.onShellProbeReply = this.onShellProbeReply.bind(this);
     this.onControlProbeReply = this.onControlProbeReply.bind(this);
     const limits = { maxBytes: options.maxKernelInputBytes, maxMessages: options.maxQueued };
@@ -248,9 +304,11 @@ export class KernelLink {
     const resumed = this.replay.resume(key);
     if (!resumed) return;
     if ('replay' in resumed) {
+      this.counts.replayResumed++;
       for (const [channel, m] of resumed.replay) client.deliver(channel, m, {});
       return;
     }
+    this.counts.replayLost++;
     const { parts } = makeMessage('stream', { name: 'stderr', text: resumed.lost.text ?? lostOutputNotice(this.replay.limits) }, this.session);
     if (resumed.lost.parent) parts.parent = resumed.lost.parent;
     client.deliver('iopub', parts, {});
@@ -313,6 +371,7 @@ export class KernelLink {
     }
     this.lastActivity = Date.now();
     outbox.push(toWire(from.identity, this.signer, parts), size, from);
+    this.counts.countIn(channel, size);
     if (outbox.congested) {
       outbox.wait(from);
       return Input.Pause;
@@ -528,7 +587,9 @@ export class KernelLink {
     else if (!this.replay.reply(key, channel, m)) {
       this.dropped.noClient++;
       this.publishDrop('no_client');
+      return;
     }
+    this.counts.countReply(channel, messageBytes(m));
   }
 
   private onOwnReply(m: WireMessage): void {
@@ -591,6 +652,8 @@ export class KernelLink {
         return;
       }
     }
+    this.counts.iopubOutMessages++;
+    this.counts.iopubOutBytes += messageBytes(m);
     this.fanOut(m);
   }
 

@@ -13,18 +13,23 @@ import type { Config } from '../config.js';
 import { ErrorCodes, KgateError, badRequest, invalidJson, notFound, truncate, unauthorized } from '../errors.js';
 import { createLogger } from '../log.js';
 import { errorBody, errorHeaders, httpStatusOf } from './http-errors.js';
+import { RelayCounts } from '../bridge/kernel-link.js';
 import { ReplayBudget } from '../bridge/replay.js';
 import { BUILTIN_KERNELSPECS, jupyterKernelDirs, KernelSpecStore } from '../kernels/kernelspecs.js';
 import { KernelCuller } from '../kernels/culler.js';
 import { KernelManager } from '../kernels/manager.js';
+import { PolicyFile } from '../kernels/policy.js';
 import { SessionManager } from '../kernels/sessions.js';
 import { KernelStateStore } from '../kernels/state.js';
+import { events } from '../events.js';
+import { startMetering } from '../metering.js';
+import { GatewayMetrics } from '../metrics.js';
 import { localProvisionerFactory } from '../provisioner/local.js';
 import { ProvisionerRegistry } from '../provisioner/registry.js';
 import type { ProvisionerFactory } from '../provisioner/types.js';
 import type { Principal } from '../principal.js';
 import type { GatewayConfig } from './options.js';
-import { TokenAuth } from './auth.js';
+import { authenticatorFor } from './auth.js';
 import { ChannelsEndpoint, refuse } from './channels.js';
 import { frameAncestorsPolicy, OriginPolicy } from './origin.js';
 import type { GatewayContext } from './context.js';
@@ -33,15 +38,24 @@ import { kernelRoutes } from './routes/kernels.js';
 import { kernelspecRoutes } from './routes/kernelspecs.js';
 import { sessionRoutes } from './routes/sessions.js';
 import { statusRoutes } from './routes/status.js';
+import { usageRoutes } from './routes/usage.js';
+import { metricsRoutes } from './routes/metrics.js';
 
 export interface Gateway {
   app: FastifyInstance;
   ctx: GatewayContext;
+  /** Its Prometheus metrics (GET /metrics; `address` once --metrics-port listens). */
+  metrics: GatewayMetrics;
   /** The token in force ('' when auth is off). */
   token: string;
   listen(): Promise<{ host: string; port: number }>;
   /** Stops serving, shuts every kernel down, closes every socket. */
   close(): Promise<void>;
+  /**
+   * Reads the token file, the JWKS file and the tenant policy again (SIGHUP).
+   * A bad file rejects with its ConfigError and what was in force stays.
+   */
+  reload(): Promise<void>;
 }
 
 /** Gateway secrets that a kernel's environment never inherits. */
@@ -171,7 +185,8 @@ export interface ServerOverrides {
 export async function createServer(config: Config, overrides: ServerOverrides = {}): Promise<Gateway> {
   const log = overrides.log ?? createLogger(config.logLevel);
   const token = config.authToken ?? randomBytes(24).toString('hex');
-  const auth = new TokenAuth(token);
+  // Reads the token file, JWT secret and JWKS file first: a bad one stops the start before anything runs.
+  const auth = authenticatorFor(config, token, log);
   const specDirs = [...(overrides.kernelspecDirs ?? []), ...config.kernelspecDir, ...jupyterKernelDirs(), BUILTIN_KERNELSPECS];
   const specs = new KernelSpecStore(specDirs, config.defaultKernelName, (dir, reason) => log.warn({ dir, reason }, 'skipped an unreadable kernelspec'));
   await specs.refresh(true);
@@ -183,6 +198,9 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
   );
   const state = config.stateDir ? new KernelStateStore(config.stateDir) : undefined;
   await state?.init();
+  // What every kernel's link relays and keeps for replay, one of each per gateway (metrics read them).
+  const relayCounts = new RelayCounts();
+  const replayBudget = new ReplayBudget(config.replayTotalBytes);
   const kernels = new KernelManager({
     specs,
     provisionerFor: (spec) => provisioners.create(spec),
@@ -196,12 +214,13 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
       maxKernelInputBytes: config.maxKernelInput,
       maxClientInputBytes: config.maxClientInput,
       iopubHighWaterMark: config.iopubHwm,
+      counts: relayCounts,
       replay: {
         maxBytes: config.replayBytes,
         maxMs: config.replaySeconds * 1000,
         maxSessions: config.replaySessions,
         maxKernelBytes: config.replayKernelBytes,
-        budget: new ReplayBudget(config.replayTotalBytes),
+        budget: replayBudget,
       },
       iopubRateLimit:
         config.iopubMsgRateLimit > 0 || config.iopubDataRateLimit > 0
@@ -212,9 +231,14 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
     rootDir: config.rootDir,
     maxKernels: config.maxKernels,
     maxKernelsPerUser: config.maxKernelsPerUser,
+    policy: config.policy !== undefined ? new PolicyFile(config.policy) : undefined,
     store: state,
     log,
   });
+  // Subscribed before adoption, so the adopted kernels are charged from their last checkpoint.
+  const meter = await startMetering({ stateDir: config.stateDir, intervalSeconds: config.meteringInterval, registry: kernels.registry, records: state, log });
+  // Subscribed before adoption too, so adoptions are counted.
+  const metrics = new GatewayMetrics({ kernels, relay: relayCounts, replay: replayBudget, token: config.metricsToken, baseUrl: config.baseUrl, log });
   await kernels.adopt();
   kernels.pools.configure(config.pool);
   const culler =
@@ -225,7 +249,7 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
           log,
         )
       : undefined;
-  const sessions = new SessionManager(kernels);
+  const sessions = new SessionManager(kernels, { stateDir: config.stateDir, kernelRecords: state });
   const ctx: GatewayContext = { kernels, sessions, specs, auth, baseUrl: config.baseUrl, startedAt: new Date(), log };
 
   const csp = frameAncestorsPolicy(config.frameAncestors);
@@ -236,6 +260,8 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
     // No log line per request: cheap, and a ?token= in a URL never reaches the log.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 1024 * 1024,
+    // A kernelspec name may be 128 characters (KERNEL_NAME); ids are far shorter.
+    routerOptions: { maxParamLength: 256 },
     return503OnClosing: true,
     // Routing refusals (a malformed or overlong path segment) quote the whole path in
     // fastify's own message; answer them in kgate's JSON without echoing the input.
@@ -258,9 +284,15 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
     reply.header('Content-Security-Policy', csp);
     // CORS first: a preflight carries no token, and is answered here.
     if (origins.applyCors(req, reply)) return reply;
-    const principal = auth.authenticate(req.headers, req.url);
-    if (!principal) throw unauthorized();
-    req.principal = principal;
+    // --metrics-token is good for /metrics alone; every other request is the authenticator's.
+    const r = metrics.scrapeAuth(req.url, req.headers) ?? (await auth.authenticate(req.headers, req.url));
+    if (r.failure !== undefined) {
+      if (events.authFailure.hasSubscribers) events.authFailure.publish({ kind: r.failure, transport: 'http' });
+      // Which check failed is for the operator only; the path without its query (which may hold ?token=).
+      req.log.debug({ kind: r.failure, method: req.method, path: req.url.split('?', 1)[0]!.slice(0, 200) }, 'refused: not authenticated');
+      throw unauthorized();
+    }
+    req.principal = r.principal;
   });
 
   app.setErrorHandler((err: FastifyError | KgateError, req, reply) => {
@@ -292,9 +324,12 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
       kernelspecRoutes(api, ctx);
       kernelRoutes(api, ctx);
       sessionRoutes(api, ctx);
+      usageRoutes(api, meter);
     },
     { prefix: ctx.baseUrl.slice(0, -1) },
   );
+  // Outside the API scope above: Prometheus text, not part of the Jupyter API's OpenAPI description.
+  void app.register(async (m) => metricsRoutes(m, metrics), { prefix: ctx.baseUrl.slice(0, -1) });
 
   const channels = new ChannelsEndpoint(ctx, {
     maxMessageSize: config.maxMessageSize,
@@ -312,9 +347,14 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
   return {
     app,
     ctx,
+    metrics,
     token,
     async listen() {
       await app.listen({ host: config.ip, port: config.port });
+      if (config.metricsPort !== undefined) {
+        const m = await metrics.listen(config.metricsIp, config.metricsPort);
+        log.info({ host: m.host, port: m.port }, `metrics served without auth on http://${m.host}:${m.port}/metrics`);
+      }
       // After listening (a listen error is listen()'s to report): an accept() that fails is
       // an 'error' event on the server, which with no listener would end the process
       // (libuv absorbs EMFILE itself; other accept errors reach node).
@@ -323,12 +363,20 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
       const port = typeof addr === 'object' && addr ? addr.port : config.port;
       return { host: config.ip, port };
     },
+    async reload() {
+      const results = await Promise.allSettled([auth.reload(), kernels.reloadPolicy()]);
+      const failed = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+      if (failed.length === 1) throw failed[0];
+      if (failed.length > 1) throw new AggregateError(failed, failed.map((e) => (e instanceof Error ? e.message : String(e))).join('; '));
+    },
     close() {
       closing ??= (async () => {
         channels.close();
         culler?.stop();
         if (config.keepKernels && state) await kernels.releaseAll();
         else await kernels.shutdownAll();
+        await meter.close();
+        await metrics.close();
         await app.close();
       })();
       return closing;

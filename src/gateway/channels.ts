@@ -10,6 +10,7 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import { ClientRelay } from '../bridge/client-relay.js';
 import type { KernelLink } from '../bridge/kernel-link.js';
 import { V1_PROTOCOL } from '../bridge/ws-v1.js';
+import { events } from '../events.js';
 import { ErrorCodes, KgateError, WsClose, badRequest, forbiddenOrigin, kernelNotFound, notFound, truncate, unauthorized } from '../errors.js';
 import { errorBody, errorHeaders, httpStatusOf, reasonPhrase } from './http-errors.js';
 import type { GatewayContext } from './context.js';
@@ -159,7 +160,13 @@ export class ChannelsEndpoint {
       const m = this.pattern.exec(path);
       if (!m) throw notFound(`no WebSocket endpoint at ${path.slice(0, 64)}`);
       const auth = this.ctx.auth;
-      const principal = auth.authenticate(req.headers, url);
+      const { principal, failure } = await auth.authenticate(req.headers, url);
+      // The client may have gone while the token was checked (a JWKS fetch): nothing to answer.
+      if (socket.destroyed) return;
+      if (failure !== undefined) {
+        this.ctx.log.debug({ kind: failure, path: path.slice(0, 200) }, 'refused a WebSocket: not authenticated');
+        if (events.authFailure.hasSubscribers) events.authFailure.publish({ kind: failure, transport: 'websocket' });
+      }
       // A browser page always sends Origin. With auth on, a valid token authorises the page
       // (jupyter_server's rule; --check-origin-with-token adds the origin check on top);
       // without a valid token, or with auth off, an origin not allowed is refused first,

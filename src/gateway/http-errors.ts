@@ -33,9 +33,13 @@ export const HTTP_ERRORS: Record<ErrorCode, HttpErrorDef> = {
   [ErrorCodes.KERNEL_LIMIT]: { status: 403, when: '`--max-kernels` kernels run (or are starting) already; refused at once, before any start' },
   [ErrorCodes.USER_KERNEL_LIMIT]: {
     status: 403,
-    when: 'the user (the authenticated one, or the `KERNEL_USERNAME` a caller that may impersonate names) runs `--max-kernels-per-user` kernels already',
+    when: "the user (the authenticated one, or the `KERNEL_USERNAME` a caller that may impersonate names) runs `--max-kernels-per-user` kernels already, or its tenant's `max_kernels_per_user` in `--policy`",
   },
-  [ErrorCodes.TENANT_QUOTA]: { status: 403, when: "the start would take the caller's tenant past its quota (the message names the limit and its value)" },
+  [ErrorCodes.TENANT_QUOTA]: {
+    status: 403,
+    when: "the start would take the caller's tenant past its `--policy` quota (kernels, a resource total, or what one kernel may ask for); the message names the limit and its value",
+  },
+  [ErrorCodes.KERNELSPEC_NOT_ALLOWED]: { status: 403, when: "the tenant's `--policy` entry does not list the kernelspec under `kernelspecs`" },
   [ErrorCodes.KERNEL_START_CANCELLED]: {
     status: 409,
     when: 'the kernel was shut down (DELETE, deleting its session, or kgate stopping) before its start or restart completed; nothing of it is left (process, state record, connection file)',

@@ -16,6 +16,7 @@ import { VERSION } from '../version.js';
 import type { GatewayContext } from './context.js';
 import { HTTP_ERRORS, type HttpErrorDef } from './http-errors.js';
 import * as s from './schemas.js';
+import { usageReport, usageTime } from './routes/usage.js';
 
 type Json = Record<string, unknown>;
 type Method = 'GET' | 'POST' | 'PATCH' | 'DELETE';
@@ -37,6 +38,7 @@ const RESPONSE_SCHEMAS = {
   KernelSpecList: s.kernelspecList,
   ApiInfo: s.apiInfo,
   Status: s.statusModel,
+  Usage: usageReport,
   Error: s.errorBody,
 } satisfies Record<string, z.ZodType>;
 
@@ -47,8 +49,12 @@ type Component = keyof typeof RESPONSE_SCHEMAS;
  * means is the list of kgate's codes that answer with it (src/gateway/http-errors.ts),
  * plus fastify's own refusals that kgate answers in the same shape.
  */
-const OWN_REFUSALS: Partial<Record<number, string>> = { 413: '`KG_BAD_REQUEST`: a body larger than 1 MiB' };
-const ERROR_STATUSES = [400, 401, 403, 404, 409, 413, 500, 503, 504] as const;
+const OWN_REFUSALS: Partial<Record<number, string>> = {
+  413: '`KG_BAD_REQUEST`: a body larger than 1 MiB',
+  // fastify's router bounds each path parameter (maxParamLength, set in app.ts).
+  414: '`KG_BAD_REQUEST`: a path parameter longer than 256 characters',
+};
+const ERROR_STATUSES = [400, 401, 403, 404, 409, 413, 414, 431, 500, 503, 504] as const;
 type ErrorStatus = (typeof ERROR_STATUSES)[number];
 
 function errorDescription(status: ErrorStatus): string {
@@ -76,6 +82,7 @@ interface Operation {
   description?: string;
   params?: Record<string, string>;
   query?: Array<{ name: string; description: string; schema: z.ZodType }>;
+  /** Not required: no body, `{}` and a JSON null are the same request (src/gateway/validate.ts). */
   body?: { schema: keyof typeof REQUEST_SCHEMAS; required: boolean };
   ok: Record<number, Answer>;
   errors: ErrorStatus[];
@@ -87,7 +94,7 @@ const LOCATION = { Location: { description: 'the new resource, under the base UR
 const kernelId = { id: 'the kernel id' };
 const sessionId = { id: 'the session id' };
 
-/** Every operation of the API. Errors that any route can answer (401, 500) are added when the document is built. */
+/** Every operation of the API. Errors that any route can answer (401, 403, 500) are added when the document is built. */
 export const OPERATIONS: Operation[] = [
   { method: 'GET', route: '/api', operationId: 'getApi', tag: 'status', summary: "kgate's version", ok: { 200: { description: 'the version', json: 'ApiInfo' } }, errors: [] },
   {
@@ -98,6 +105,21 @@ export const OPERATIONS: Operation[] = [
     summary: 'started, last activity, kernels and connections',
     ok: { 200: { description: 'the status', json: 'Status' } },
     errors: [],
+  },
+  {
+    method: 'GET',
+    route: '/api/usage',
+    operationId: 'getUsage',
+    tag: 'usage',
+    summary: 'kernel-, core-, GiB- and GPU-seconds used, by tenant, user and kernelspec',
+    description:
+      "The caller's own kernels; a `kgate:tenant-admin` sees its tenant's, a `kgate:admin` (and the operator token) everyone's. A kernel is charged from when it is ready (or handed out from a warm pool) to its shutdown or final death, restarts included, for what it reserved. Intervals are clipped to [since, until); at most 31 days apart.",
+    query: [
+      { name: 'since', description: 'the start (default: 00:00 UTC of the day `until` falls in)', schema: usageTime },
+      { name: 'until', description: 'the end (default: now)', schema: usageTime },
+    ],
+    ok: { 200: { description: 'the usage', json: 'Usage' } },
+    errors: [400],
   },
   {
     method: 'GET',
@@ -114,7 +136,8 @@ export const OPERATIONS: Operation[] = [
     operationId: 'getSpecYaml',
     tag: 'status',
     summary: 'this description, as YAML',
-    ok: { 200: { description: 'the OpenAPI document', content: { 'application/yaml': { schema: { type: 'string' } } } } },
+    // The schema is of the document the YAML holds, as a client that parses it reads it.
+    ok: { 200: { description: 'the OpenAPI document', content: { 'application/yaml': { schema: { type: 'object' } } } } },
     errors: [],
   },
   {
@@ -269,7 +292,7 @@ export const OPERATIONS: Operation[] = [
     tag: 'sessions',
     summary: 'rename or move a session, or change its kernel',
     params: sessionId,
-    body: { schema: 'PatchSessionRequest', required: true },
+    body: { schema: 'PatchSessionRequest', required: false },
     ok: { 200: { description: 'the session', json: 'Session' } },
     errors: [400, 403, 404, 409, 413, 503, 504],
   },
@@ -329,15 +352,22 @@ function operationObject(op: Operation, authEnabled: boolean): Json {
     responses[status] = r;
   }
   const errors = new Set<ErrorStatus>(op.errors);
-  // A malformed path segment (bad percent-encoding) is refused before routing.
-  if (op.params) errors.add(400);
+  // A malformed path segment (bad percent-encoding) or an overlong one is refused before routing.
+  if (op.params) errors.add(400).add(414);
+  // node refuses a request whose headers (its URL among them) pass 16 KiB before any route sees it.
+  errors.add(431);
   if (authEnabled) errors.add(401);
+  // A browser page's Origin that --allow-origin does not allow is refused on every route, before the token is looked at.
+  errors.add(403);
   if (!op.upgrade) errors.add(500);
   for (const status of [...errors].sort((a, b) => a - b)) responses[status] = { $ref: `#/components/responses/${errorResponseName(status)}` };
   const o: Json = { operationId: op.operationId, tags: [op.tag], summary: op.summary };
   if (op.description) o['description'] = op.description;
   if (parameters.length > 0) o['parameters'] = parameters;
-  if (op.body) o['requestBody'] = { required: op.body.required, content: { 'application/json': { schema: ref(op.body.schema) } } };
+  if (op.body) {
+    const schema = op.body.required ? ref(op.body.schema) : { anyOf: [ref(op.body.schema), { type: 'null' }] };
+    o['requestBody'] = { required: op.body.required, content: { 'application/json': { schema } } };
+  }
   o['responses'] = responses;
   return o;
 }
@@ -364,6 +394,7 @@ export function buildOpenApi(ctx: Pick<GatewayContext, 'baseUrl' | 'auth'>): Jso
     servers: [{ url: ctx.baseUrl === '/' ? '/' : ctx.baseUrl.slice(0, -1), description: 'this gateway, under its --base-url' }],
     tags: [
       { name: 'status', description: 'the service' },
+      { name: 'usage', description: 'what kernels used (metering)' },
       { name: 'kernelspecs', description: 'the kernels that can be started' },
       { name: 'kernels', description: 'running kernels and their channels' },
       { name: 'sessions', description: "jupyter_server's session API" },
@@ -374,9 +405,14 @@ export function buildOpenApi(ctx: Pick<GatewayContext, 'baseUrl' | 'auth'>): Jso
       schemas: { ...componentSchemas(REQUEST_SCHEMAS, 'input'), ...componentSchemas(RESPONSE_SCHEMAS, 'output') },
       responses,
       securitySchemes: {
-        token: { type: 'apiKey', in: 'header', name: 'Authorization', description: '`Authorization: token X`' },
-        bearer: { type: 'http', scheme: 'bearer', description: '`Authorization: Bearer X`, as jupyter_server accepts' },
-        tokenQuery: { type: 'apiKey', in: 'query', name: 'token', description: '`?token=X`, on every route including the WebSocket' },
+        token: {
+          type: 'apiKey',
+          in: 'header',
+          name: 'Authorization',
+          description: "`Authorization: token X`, jupyter_server's gateway client's scheme; X is the operator token, a --token-file token or a JWT",
+        },
+        bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: '`Authorization: Bearer X`: a JWT, or a static token (operator or --token-file)' },
+        tokenQuery: { type: 'apiKey', in: 'query', name: 'token', description: '`?token=X` (any of the above), on every route including the WebSocket; never logged' },
       },
     },
   };

@@ -37,6 +37,8 @@ export const startKernelBody = z.looseObject({
 const kernelRef = z.looseObject({
   id: z.string().max(128).optional(),
   name: kernelName.optional(),
+  /** The environment of a kernel the session starts, as `env` in POST /api/kernels. */
+  env: z.record(z.string(), z.unknown()).optional(),
 });
 
 export const createSessionBody = z
@@ -48,7 +50,9 @@ export const createSessionBody = z
     /** Notebook 5 clients send `notebook.path` instead of `path`. */
     notebook: z.looseObject({ path: pathText.optional() }).optional(),
   })
-  .describe('path (or notebook.path) is required; kernel names a kernelspec to start, or the id of a running kernel');
+  .describe('path (or notebook.path) is required; kernel names a kernelspec to start, or the id of a running kernel')
+  // The route checks that one of the two paths is there (a 400 otherwise); the description says so to clients.
+  .meta({ anyOf: [{ required: ['path'] }, { required: ['notebook'], properties: { notebook: { required: ['path'] } } }] });
 
 export const patchSessionBody = z.looseObject({
   path: pathText.optional(),

@@ -11,9 +11,15 @@ export interface OwnedKernel {
   readonly tenant: string;
 }
 
-/** An admin sees every kernel, a tenant admin its tenant's, anyone else its own. */
+/**
+ * An admin sees every kernel; a tenant admin its tenant's; so does a front
+ * server that may impersonate (it starts kernels for any user of its tenant
+ * it names, so it could act as each of them anyway, and its client, such as
+ * jupyter_server's GatewayClient, reads back what it started); anyone else
+ * its own.
+ */
 export function canSee(p: Principal, k: OwnedKernel): boolean {
   if (hasScope(p, Scopes.ADMIN)) return true;
   if (k.tenant !== p.tenant) return false;
-  return hasScope(p, Scopes.TENANT_ADMIN) || (p.user !== undefined && k.owner === p.user);
+  return hasScope(p, Scopes.TENANT_ADMIN) || hasScope(p, Scopes.IMPERSONATE) || (p.user !== undefined && k.owner === p.user);
 }

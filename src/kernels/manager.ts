@@ -21,11 +21,13 @@ import { actingUser, operatorPrincipal, type Principal } from '../principal.js';
 import { FreePorts } from '../provisioner/ports.js';
 import type { ConnectionInfo, KernelSpec, PortSource, Provisioner, ResourceRequest } from '../provisioner/types.js';
 import { canSee } from './access.js';
-import { KernelLimits, type Admission } from './admission.js';
+import { KernelLimits, type Admission, type AdmissionRequest } from './admission.js';
 import { sanitizeEnv, type EnvPolicy } from './env.js';
 import type { KernelSpecStore } from './kernelspecs.js';
 import { WarmPools } from './pool.js';
+import type { Policy } from './policy.js';
 import { KernelRegistry } from './registry.js';
+import { kernelspecResources, requestedResources } from './resources.js';
 import { Replication } from './replication.js';
 import type { KernelStore } from './store.js';
 import { KernelSupervisor, type SupervisorHost, type SupervisorInit, type SupervisorOptions } from './supervisor.js';
@@ -56,7 +58,9 @@ export interface KernelManagerOptions {
   maxKernels: number;
   /** Kernels one user may run at once (0: no limit). */
   maxKernelsPerUser: number;
-  /** Replaces the limits above with another admission policy (quotas). */
+  /** The tenant policy (--policy), held with the limits above. */
+  policy?: (Policy & { reload?(): Promise<void> }) | undefined;
+  /** Replaces the limits and the policy above with another admission (a test's). */
   admission?: Admission | undefined;
   /** Where each kernel is recorded for adoption and replicas; none: not recorded. */
   store?: KernelStore | undefined;
@@ -76,7 +80,7 @@ export interface StartRequest {
   path?: string | undefined;
   /** Who asks; the operator when the caller has none. */
   principal?: Principal | undefined;
-  /** The resources asked for (none yet: admission will bound them). */
+  /** The resources asked for, in place of those the kernelspec and KERNEL_CPUS, KERNEL_MEMORY, KERNEL_GPUS give. */
   resources?: ResourceRequest | undefined;
 }
 
@@ -97,7 +101,7 @@ export class KernelManager {
   private readonly host: SupervisorHost;
 
   constructor(private readonly o: KernelManagerOptions) {
-    this.admission = o.admission ?? new KernelLimits({ maxKernels: o.maxKernels, maxKernelsPerUser: o.maxKernelsPerUser });
+    this.admission = o.admission ?? new KernelLimits({ maxKernels: o.maxKernels, maxKernelsPerUser: o.maxKernelsPerUser, policy: o.policy });
     this.supervision = {
       launchTimeoutMs: o.launchTimeoutMs,
       shutdownWaitMs: o.shutdownWaitMs,
@@ -179,34 +183,38 @@ export class KernelManager {
     // Who the kernel is for: the authenticated user, or for a caller that may
     // impersonate (a front server) the KERNEL_USERNAME it names.
     const owner = actingUser(principal, requestedUser(req.env));
-    const resources = req.resources ?? {};
-    const name0 = req.name ?? this.o.specs.defaultName;
-    // Decided and a slot taken before the first await, so concurrent requests cannot
-    // all pass the check: past a limit they fail at once.
-    const release = this.admission.admit({ principal, user: owner, kernelspec: name0, resources }, this.registry);
+    await this.o.specs.refresh();
+    const name = req.name ?? this.defaultKernelspec(principal);
+    const spec = this.o.specs.get(name);
+    if (!spec) throw kernelspecNotFound(name);
+    const resources = req.resources ?? requestedResources(spec, req.env);
+    const asked: AdmissionRequest = { principal, user: owner, kernelspec: name, resources };
+    // Checked and a slot taken in one synchronous step, so concurrent requests cannot
+    // all pass the check: past a limit they fail at once, before anything is launched.
+    const release = this.admission.admit(asked, this.registry.held());
+    let unreserve: (() => Promise<void>) | undefined;
+    // The kernel's id, known before it is launched so the cluster-wide reservation and the record name the same kernel.
+    const id = randomUUID();
     try {
-      await this.o.specs.refresh();
-      const name = req.name ?? this.o.specs.defaultName;
-      const spec = this.o.specs.get(name);
-      if (!spec) throw kernelspecNotFound(name);
+      // Replicas on one store: the same check over every gateway's kernels, under the store's lock.
+      unreserve = await this.o.store?.reserve?.({ id, owner, tenant: principal.tenant, resources }, (all) => this.admission.check(asked, all), 4 * this.o.launchTimeoutMs + 30_000);
       const env = sanitizeEnv(req.env, this.o.envPolicy);
-      // A KERNEL_USERNAME that is not identity (the caller may not impersonate) does not reach the kernel as if it were.
-      const asked = env['KERNEL_USERNAME'];
-      if (asked !== undefined && asked !== owner) {
-        if (owner !== undefined) env['KERNEL_USERNAME'] = owner;
-        else delete env['KERNEL_USERNAME'];
-      }
-      const pooled = this.pools.take(name, env);
+      // The kernel's KERNEL_USERNAME is who it is for, whatever the request said: a
+      // name from a caller that may not impersonate is not identity.
+      if (owner !== undefined) env['KERNEL_USERNAME'] = owner;
+      else delete env['KERNEL_USERNAME'];
+      const pooled = req.resources === undefined ? this.pools.take(name, env) : undefined;
       if (pooled) {
         pooled.handOut(owner, principal.tenant);
         this.registry.add(pooled);
+        release();
         await this.replication?.persist(pooled);
         this.o.log.info({ kernel: pooled.id, name, owner }, 'kernel handed out from the warm pool');
         return pooled;
       }
       if (req.path && !env['JPY_SESSION_NAME']) env['JPY_SESSION_NAME'] = req.path;
       const cwd = await workingDir(env, this.o.rootDir);
-      const k = this.supervise({ id: randomUUID(), spec, provisioner: this.o.provisionerFor(spec), env, owner, tenant: principal.tenant, cwd, resources });
+      const k = this.supervise({ id, spec, provisioner: this.o.provisionerFor(spec), env, owner, tenant: principal.tenant, cwd, resources });
       this.registry.add(k);
       release();
       await k.start(k.launchTimeout());
@@ -214,6 +222,8 @@ export class KernelManager {
       return k;
     } finally {
       release();
+      // After the kernel's record is written (it counts from then on), or after its start failed.
+      await unreserve?.().catch(() => undefined);
     }
   }
 
@@ -230,6 +240,7 @@ export class KernelManager {
       owner: undefined,
       tenant: OPERATOR.tenant,
       cwd: this.o.rootDir,
+      resources: kernelspecResources(spec),
       pooled: true,
     });
     await k.start(this.o.launchTimeoutMs);
@@ -253,6 +264,23 @@ export class KernelManager {
    */
   async shutdown(id: string, principal: Principal = OPERATOR, why = 'kernel shut down'): Promise<void> {
     await (await this.find(id, principal)).shutdown(why);
+  }
+
+  /** Whether the principal's tenant may start kernelspec `name` (GET /api/kernelspecs lists only those). */
+  kernelspecAllowed(principal: Principal, name: string): boolean {
+    return this.admission.kernelspecAllowed?.(principal.tenant, name) ?? true;
+  }
+
+  /** The kernelspec a start that names none gets: the gateway's default, or else the first the tenant may start. */
+  defaultKernelspec(principal: Principal): string {
+    const d = this.o.specs.defaultName;
+    if (this.kernelspecAllowed(principal, d)) return d;
+    return this.o.specs.names().find((n) => this.kernelspecAllowed(principal, n)) ?? d;
+  }
+
+  /** Reads the tenant policy file again (SIGHUP); a bad file is refused and the policy in force stays. */
+  async reloadPolicy(): Promise<void> {
+    await this.admission.reload?.();
   }
 
   /** Adopts the kernels recorded by a gateway that is gone (see Replication.adopt). */

@@ -66,6 +66,12 @@ const OPTIONS = {
     'kernels one user may run at once: the authenticated user, or for a caller that may impersonate (the operator token) the KERNEL_USERNAME it names (default 0: no limit)',
     z.coerce.number().int().min(0).default(0),
   ),
+  policy: opt(
+    'policy',
+    'string',
+    'a YAML file of per-tenant limits (max_kernels, max_kernels_per_user, resources, max_per_kernel, kernelspecs), checked at start and read again on SIGHUP; see docs/tenancy.md (default: none)',
+    z.string().min(1).optional(),
+  ),
   pool: opt('pool', 'string', 'NAME=N: keep N started kernels of kernelspec NAME ready to hand out (repeatable)', poolSizes, true),
   cullIdleTimeout: opt(
     'cull-idle-timeout',

@@ -41,11 +41,9 @@ export class KernelRegistry {
     return this.kernels.size;
   }
 
-  /** Kernels of `user` (admission counts them). */
-  ownedBy(user: string): number {
-    let n = 0;
-    for (const k of this.kernels.values()) if (k.owner === user) n++;
-    return n;
+  /** The kernels that hold their resources, as admission counts them: all but the dead (and gone) ones. */
+  *held(): IterableIterator<KernelSupervisor> {
+    for (const k of this.kernels.values()) if (k.phase !== 'dead' && k.phase !== 'gone') yield k;
   }
 
   /** Removes this very kernel (not a newer one with its id) and tells the listeners; false when it was not here. */

@@ -92,6 +92,7 @@ export class Replication {
           owner: k.owner ?? null,
           tenant: k.tenant,
           cwd: k.cwd,
+          resources: k.resources,
           conn: k.conn,
           provisioner: k.provisioner.getInfo(),
           pooled: k.pooled,
@@ -201,6 +202,7 @@ export class Replication {
       owner: r.owner ?? undefined,
       tenant: r.tenant ?? DEFAULT_TENANT,
       cwd: r.cwd,
+      resources: r.resources ?? {},
       phase: 'running',
       follower,
     });
@@ -233,7 +235,14 @@ export class Replication {
         k.watch();
         this.d.log.warn({ kernel: k.id, previous: r.lease?.holder ?? r.gateway.instance }, 'took over a kernel whose lease lapsed (its gateway is gone)');
         if (events.kernelAdopt.hasSubscribers) {
-          events.kernelAdopt.publish({ kernelId: k.id, kernelspec: k.name, provisioner: k.provisioner.name, owner: { user: k.owner, tenant: k.tenant }, how: 'takeover' });
+          events.kernelAdopt.publish({
+            kernelId: k.id,
+            kernelspec: k.name,
+            provisioner: k.provisioner.name,
+            owner: { user: k.owner, tenant: k.tenant },
+            how: 'takeover',
+            resources: k.resources,
+          });
         }
       }
     }
@@ -316,7 +325,14 @@ export class Replication {
           void k.untilAnswered(nudgeMs);
           adopted.push(k.id);
           if (events.kernelAdopt.hasSubscribers) {
-            events.kernelAdopt.publish({ kernelId: k.id, kernelspec: k.name, provisioner: p.name, owner: { user: k.owner, tenant: k.tenant }, how: 'adopted' });
+            events.kernelAdopt.publish({
+              kernelId: k.id,
+              kernelspec: k.name,
+              provisioner: p.name,
+              owner: { user: k.owner, tenant: k.tenant },
+              how: 'adopted',
+              resources: k.resources,
+            });
           }
           return;
         }

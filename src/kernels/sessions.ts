@@ -1,11 +1,21 @@
 /**
  * Sessions as jupyter_server serves them: a path (a notebook, a console) bound
  * to a kernel. `@jupyterlab/services` and Thebe start kernels through here.
+ *
+ * A session belongs to the principal that made it (its user and tenant), and
+ * a caller sees the sessions it may see by the kernels' rule (access.ts): one
+ * it may not see is not found, the same as one that does not exist. With a
+ * state dir the sessions are kept there (session-store.ts), read again on
+ * every list and get, so a gateway that adopted the kernels, or another
+ * gateway process on the same state dir, serves the same sessions.
  */
 import { randomUUID } from 'node:crypto';
-import { sessionNotFound } from '../errors.js';
-import { operatorPrincipal, type Principal } from '../principal.js';
+import { ErrorCodes, KgateError, sessionNotFound } from '../errors.js';
+import { actingUser, operatorPrincipal, type Principal } from '../principal.js';
+import { canSee } from './access.js';
 import type { KernelManager, KernelModel } from './manager.js';
+import { FileSessionStore, MemorySessionStore, type SessionRecord, type SessionStore } from './session-store.js';
+import type { KernelStore } from './store.js';
 
 export interface Session {
   id: string;
@@ -13,6 +23,9 @@ export interface Session {
   name: string;
   type: string;
   kernelId: string;
+  /** The user who made it (for an impersonating front server, the user it named); none for the operator. */
+  owner: string | undefined;
+  tenant: string;
 }
 
 export interface SessionModel {
@@ -25,11 +38,18 @@ export interface SessionModel {
   notebook: { path: string; name: string };
 }
 
+export interface SessionKernel {
+  id?: string | undefined;
+  name?: string | undefined;
+  /** The environment of a kernel started for the session (KERNEL_*, as POST /api/kernels takes). */
+  env?: Record<string, unknown> | undefined;
+}
+
 export interface SessionCreate {
   path: string;
   name: string;
   type: string;
-  kernel: { id?: string | undefined; name?: string | undefined } | undefined;
+  kernel: SessionKernel | undefined;
   /** Who asks; the operator when the caller has none. */
   principal?: Principal | undefined;
 }
@@ -38,74 +58,191 @@ export interface SessionPatch {
   path?: string | undefined;
   name?: string | undefined;
   type?: string | undefined;
-  kernel?: { id?: string | undefined; name?: string | undefined } | undefined;
+  kernel?: SessionKernel | undefined;
   principal?: Principal | undefined;
 }
 
+export interface SessionManagerOptions {
+  /** The state dir: sessions are kept in its `sessions/` subdirectory (none: in memory). */
+  stateDir?: string | undefined;
+  /** Where the kernels are recorded, to tell a kernel that is gone from one another gateway serves. */
+  kernelRecords?: Pick<KernelStore, 'load'> | undefined;
+  /** In place of the two above (a test's). */
+  store?: SessionStore | undefined;
+}
+
+const OPERATOR = operatorPrincipal();
+/**
+ * After a kernel leaves this gateway, its sessions are removed once its record
+ * is gone too (its shutdown removes it just after): checked this many times,
+ * this far apart. A kernel whose record stays (--keep-kernels, or let go to
+ * another gateway) keeps its sessions.
+ */
+const REAP_CHECKS = 10;
+const REAP_WAIT_MS = 100;
+
+const toSession = (r: SessionRecord): Session => ({ id: r.id, path: r.path, name: r.name, type: r.type, kernelId: r.kernelId, owner: r.owner ?? undefined, tenant: r.tenant });
+const toRecord = (s: Session): SessionRecord => ({
+  version: 1,
+  id: s.id,
+  path: s.path,
+  name: s.name,
+  type: s.type,
+  kernelId: s.kernelId,
+  owner: s.owner ?? null,
+  tenant: s.tenant,
+});
+const requestedUser = (env: Record<string, unknown> | undefined): string | undefined => {
+  const u = env?.['KERNEL_USERNAME'];
+  return typeof u === 'string' ? u : undefined;
+};
+const isNotFound = (e: unknown): boolean => e instanceof KgateError && e.code === ErrorCodes.KERNEL_NOT_FOUND;
+
 export class SessionManager {
-  private readonly sessions = new Map<string, Session>();
+  private readonly store: SessionStore;
+  private readonly kernelRecords: Pick<KernelStore, 'load'> | undefined;
 
-  constructor(private readonly kernels: KernelManager) {
-    kernels.onRemoved((kernelId) => {
-      for (const [id, s] of this.sessions) if (s.kernelId === kernelId) this.sessions.delete(id);
-    });
+  constructor(
+    private readonly kernels: KernelManager,
+    options: SessionManagerOptions = {},
+  ) {
+    this.store = options.store ?? (options.stateDir !== undefined ? new FileSessionStore(options.stateDir) : new MemorySessionStore());
+    this.kernelRecords = options.kernelRecords;
+    kernels.onRemoved((kernelId) => void this.reap(kernelId));
   }
 
+  /** The model of a session whose kernel this gateway serves (list and get make sure of it). */
   model(s: Session): SessionModel {
-    return {
-      id: s.id,
-      path: s.path,
-      name: s.name,
-      type: s.type,
-      kernel: this.kernels.get(s.kernelId).model(),
-      notebook: { path: s.path, name: s.name },
-    };
+    const k = this.kernels.registry.peek(s.kernelId);
+    if (!k) throw sessionNotFound(s.id);
+    return { id: s.id, path: s.path, name: s.name, type: s.type, kernel: k.model(), notebook: { path: s.path, name: s.name } };
   }
 
-  list(): Session[] {
-    return [...this.sessions.values()];
+  /** The sessions `principal` may see whose kernels exist, those made through other gateways on the state dir included. */
+  async list(principal: Principal = OPERATOR): Promise<Session[]> {
+    const visible = (await this.store.loadAll()).map(toSession).filter((s) => canSee(principal, s));
+    const served = await Promise.all(visible.map((s) => this.served(s)));
+    return visible.filter((_, i) => served[i]);
   }
 
-  get(id: string): Session {
-    const s = this.sessions.get(id);
-    if (!s) throw sessionNotFound(id);
+  /** The session, or KG_SESSION_NOT_FOUND when there is none, `principal` may not see it, or its kernel is gone. */
+  async get(id: string, principal: Principal = OPERATOR): Promise<Session> {
+    const r = await this.store.load(id);
+    const s = r && toSession(r);
+    if (!s || !canSee(principal, s) || !(await this.served(s))) throw sessionNotFound(id);
     return s;
   }
 
-  /** As in jupyter_server, a path that already has a session gets that session back. */
+  /**
+   * As in jupyter_server, a path that already has a session gets that session
+   * back, but only one the caller may see (its own first): anyone else gets a
+   * session of its own, and learns nothing of the others.
+   */
   async create(req: SessionCreate): Promise<Session> {
-    for (const s of this.sessions.values()) if (s.path === req.path) return s;
-    const kernelId = await this.kernelFor(req.kernel, req.path, req.principal ?? operatorPrincipal());
-    const s: Session = { id: randomUUID(), path: req.path, name: req.name, type: req.type, kernelId };
-    this.sessions.set(s.id, s);
-    return s;
-  }
-
-  async update(id: string, patch: SessionPatch): Promise<Session> {
-    const s = this.get(id);
-    if (patch.path !== undefined) s.path = patch.path;
-    if (patch.name !== undefined) s.name = patch.name;
-    if (patch.type !== undefined) s.type = patch.type;
-    if (patch.kernel && (patch.kernel.id ?? patch.kernel.name) !== undefined) {
-      const old = s.kernelId;
-      if (patch.kernel.id === undefined || patch.kernel.id !== old) {
-        const principal = patch.principal ?? operatorPrincipal();
-        s.kernelId = await this.kernelFor(patch.kernel, s.path, principal);
-        // A kernel started for this session alone goes with it, as in jupyter_server.
-        if (patch.kernel.id === undefined && this.kernels.has(old)) await this.kernels.shutdown(old, principal);
-      }
+    const principal = req.principal ?? OPERATOR;
+    const owner = actingUser(principal, requestedUser(req.kernel?.env));
+    const same = (await this.list(principal)).filter((s) => s.path === req.path);
+    const found = same.find((s) => s.owner === owner && s.tenant === principal.tenant) ?? same[0];
+    if (found) return found;
+    const bound = await this.kernelFor(req.kernel, req.path, principal);
+    // A kernel started here decides whom it is for (the manager, from the principal): the session agrees with it.
+    const s: Session = {
+      id: randomUUID(),
+      path: req.path,
+      name: req.name,
+      type: req.type,
+      kernelId: bound.id,
+      owner: bound.started ? bound.owner : owner,
+      tenant: bound.started ? bound.tenant : principal.tenant,
+    };
+    try {
+      await this.store.save(toRecord(s));
+    } catch (e) {
+      // Not recorded: a kernel started for it would be nobody's session.
+      if (bound.started) await this.kernels.shutdown(bound.id, principal).catch(() => undefined);
+      throw e;
     }
     return s;
   }
 
-  async delete(id: string): Promise<void> {
-    const s = this.get(id);
-    this.sessions.delete(id);
-    if (this.kernels.has(s.kernelId)) await this.kernels.shutdown(s.kernelId);
+  async update(id: string, patch: SessionPatch): Promise<Session> {
+    const principal = patch.principal ?? OPERATOR;
+    const s = await this.get(id, principal);
+    if (patch.path !== undefined) s.path = patch.path;
+    if (patch.name !== undefined) s.name = patch.name;
+    if (patch.type !== undefined) s.type = patch.type;
+    let replaced: string | undefined;
+    if (patch.kernel && (patch.kernel.id ?? patch.kernel.name) !== undefined) {
+      const old = s.kernelId;
+      if (patch.kernel.id === undefined || patch.kernel.id !== old) {
+        s.kernelId = (await this.kernelFor(patch.kernel, s.path, principal)).id;
+        // A kernel started for this session alone goes with it, as in jupyter_server.
+        if (patch.kernel.id === undefined) replaced = old;
+      }
+    }
+    await this.store.save(toRecord(s));
+    if (replaced !== undefined) await this.shutdownKernel(replaced, principal);
+    return s;
   }
 
-  private async kernelFor(kernel: SessionCreate['kernel'], path: string, principal: Principal): Promise<string> {
-    if (kernel?.id !== undefined) return (await this.kernels.find(kernel.id, principal)).id;
-    return (await this.kernels.start({ name: kernel?.name, path, principal })).id;
+  /** Deletes the session and shuts its kernel down, as `principal` (a kernel it may not see is left alone). */
+  async delete(id: string, principal: Principal = OPERATOR): Promise<void> {
+    const s = await this.get(id, principal);
+    await this.store.remove(s.id);
+    await this.shutdownKernel(s.kernelId, principal);
+  }
+
+  private async shutdownKernel(kernelId: string, principal: Principal): Promise<void> {
+    try {
+      await this.kernels.shutdown(kernelId, principal);
+    } catch (e) {
+      if (!isNotFound(e)) throw e;
+    }
+  }
+
+  private async kernelFor(
+    kernel: SessionKernel | undefined,
+    path: string,
+    principal: Principal,
+  ): Promise<{ id: string; started: boolean; owner: string | undefined; tenant: string }> {
+    const k = kernel?.id !== undefined ? await this.kernels.find(kernel.id, principal) : await this.kernels.start({ name: kernel?.name, env: kernel?.env, path, principal });
+    return { id: k.id, started: kernel?.id === undefined, owner: k.owner, tenant: k.tenant };
+  }
+
+  /**
+   * Whether the session's kernel is served here now (one another gateway
+   * supervises is followed from now on). A session whose kernel is gone (not
+   * here, and not recorded either) is removed.
+   */
+  private async served(s: Session): Promise<boolean> {
+    try {
+      await this.kernels.find(s.kernelId);
+      return true;
+    } catch (e) {
+      // Not reachable now (following it failed): hidden, not removed; its record decides that.
+      if (!isNotFound(e)) return false;
+    }
+    if (!(await this.kernelRecorded(s.kernelId))) await this.store.remove(s.id);
+    return false;
+  }
+
+  private async kernelRecorded(kernelId: string): Promise<boolean> {
+    if (this.kernels.has(kernelId)) return true;
+    return this.kernelRecords ? (await this.kernelRecords.load(kernelId)) !== undefined : false;
+  }
+
+  /** Removes the sessions of a kernel that left this gateway, once it is gone for good (see REAP_CHECKS). */
+  private async reap(kernelId: string): Promise<void> {
+    try {
+      for (let i = 0; i < REAP_CHECKS; i++) {
+        if (!(await this.kernelRecorded(kernelId))) {
+          for (const r of await this.store.loadAll()) if (r.kernelId === kernelId) await this.store.remove(r.id);
+          return;
+        }
+        await new Promise((resolve) => setTimeout(resolve, REAP_WAIT_MS).unref());
+      }
+    } catch {
+      // Left for the next list or get, which removes a session whose kernel is gone.
+    }
   }
 }

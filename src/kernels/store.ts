@@ -9,7 +9,8 @@
  * When a lease lapses (not renewed in time, or, on the same host, its holder's
  * process is gone: a fast local hint) another gateway may take it.
  */
-import type { ConnectionInfo, KernelSpec, ProvisionerInfo } from '../provisioner/types.js';
+import type { ConnectionInfo, KernelSpec, ProvisionerInfo, ResourceRequest } from '../provisioner/types.js';
+import type { Held } from './admission.js';
 
 export interface Lease {
   /** The holding gateway's instance id. */
@@ -29,6 +30,8 @@ export interface KernelRecord {
   /** Absent in records of older versions: the default tenant. */
   tenant?: string;
   cwd: string;
+  /** What the kernel reserved (admission counts it on every gateway); absent in records of older versions: nothing. */
+  resources?: ResourceRequest;
   conn: ConnectionInfo;
   provisioner: ProvisionerInfo;
   /** The gateway process that wrote the record (kept for records read by older versions). */
@@ -68,6 +71,15 @@ export interface KernelStore {
    * that try at once: true for the one that got it.
    */
   takeOver(record: KernelRecord): Promise<boolean>;
+  /**
+   * Admission among the gateways on this store, as one step: runs `check` over
+   * what all of them hold (recorded kernels not in a warm pool, and the starts
+   * reserved and not expired) and, when it passes, reserves `held` for kernel
+   * `held.id` until the answered function removes it (once the kernel is
+   * recorded, or its start failed), or `ttlMs` passes. A store without it:
+   * each gateway counts its own.
+   */
+  reserve?(held: Held & { id: string }, check: (all: Held[]) => void, ttlMs: number): Promise<() => Promise<void>>;
 }
 
 /** The record without what the store adds, to write it again under another lease. */

@@ -270,7 +270,9 @@ export class KernelSupervisor {
       // A shutdown that came while the record was written: no await since, so it stands.
       abort.signal.throwIfAborted();
       this.transition('running');
-      if (!this.pooled && events.kernelReady.hasSubscribers) events.kernelReady.publish({ ...this.event(), pooled: false, ms: Date.now() - this.createdAt });
+      if (!this.pooled && events.kernelReady.hasSubscribers) {
+        events.kernelReady.publish({ ...this.event(), pooled: false, ms: Date.now() - this.createdAt, resources: this.resources });
+      }
     } catch (e) {
       // A launch that failed cleaned up after itself; one that succeeded and was then cancelled has not.
       if (launched) await this.killLaunched(false);
@@ -460,7 +462,7 @@ export class KernelSupervisor {
     this.owner = owner;
     this.tenant = tenant;
     if (events.kernelStart.hasSubscribers) events.kernelStart.publish({ ...this.event(), pooled: true });
-    if (events.kernelReady.hasSubscribers) events.kernelReady.publish({ ...this.event(), pooled: true, ms: 0 });
+    if (events.kernelReady.hasSubscribers) events.kernelReady.publish({ ...this.event(), pooled: true, ms: 0, resources: this.resources });
   }
 
   async interrupt(): Promise<void> {
@@ -535,6 +537,7 @@ export class KernelSupervisor {
     this.closeClients(code, why);
     this.detach();
     this.host.removed(this);
+    if (events.kernelRelease.hasSubscribers) events.kernelRelease.publish({ ...this.event(), how: 'released', reason: why });
   }
 
   /**
@@ -548,6 +551,7 @@ export class KernelSupervisor {
     this.launching?.abort(kernelStartCancelled(this.id, 'restart'));
     this.stopWatching();
     if (this.state === 'restarting') this.transition('running');
+    if (events.kernelRelease.hasSubscribers) events.kernelRelease.publish({ ...this.event(), how: 'stepped_down', reason: 'another gateway holds its lease' });
   }
 
   /**

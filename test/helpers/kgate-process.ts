@@ -19,9 +19,14 @@ export async function startKgate(args: string[], env: Record<string, string> = {
   const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const lines: string[] = [];
+  // Read, so a chatty kgate never blocks on a full pipe; the last 64 KiB are kept for a failing test's message.
+  let errors = '';
+  child.stderr!.on('data', (d: Buffer) => {
+    errors = (errors + d.toString()).slice(-65_536);
+  });
   let buf = '';
   const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`kgate did not start: ${lines.join('\n')}`)), 20_000);
+    const timer = setTimeout(() => reject(new Error(`kgate did not start: ${lines.join('\n')}\n${errors}`)), 20_000);
     child.stdout!.on('data', (d: Buffer) => {
       buf += d.toString();
       const parts = buf.split('\n');
@@ -33,7 +38,7 @@ export async function startKgate(args: string[], env: Record<string, string> = {
         resolve(m[1]!);
       }
     });
-    child.once('exit', (code) => reject(new Error(`kgate exited with ${code}`)));
+    child.once('exit', (code) => reject(new Error(`kgate exited with ${code}: ${errors.slice(-2000)}`)));
   });
   return { child, url, lines, exited };
 }

@@ -29,14 +29,15 @@
  *   kgate keeps only `KERNEL_*` and `--env-allow` names.
  */
 import { randomBytes, createHash } from 'node:crypto';
-import { mkdirSync, realpathSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, realpathSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { SignJWT } from 'jose';
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isProcessAlive } from '../../src/provisioner/process-alive.js';
 import { until } from '../helpers/wait.js';
-import { KernelClient, encodeJson, interruptUntilReplied, makeRequest, startGateway, stdout, type TestGateway } from '../helpers/gateway.js';
+import { KernelClient, encodeJson, gatewayClient, interruptUntilReplied, makeRequest, startGateway, stdout, type TestGateway } from '../helpers/gateway.js';
 import { startJupyterServer, type JupyterServer } from '../helpers/jupyter-server.js';
 import { processesMatching } from '../helpers/procs.js';
 
@@ -73,8 +74,8 @@ function kgatePid(kernelId: string): number {
  * run later) replaces and which never resolves. So ask until answered, as
  * jupyter_server itself nudges kernels.
  */
-async function connectThroughNotebook(kernelId: string): Promise<KernelClient> {
-  const c = await KernelClient.connect({ ...t, wsUrl: nb.wsUrl, token: nb.token }, kernelId);
+async function connectThroughNotebook(kernelId: string, server: JupyterServer = nb): Promise<KernelClient> {
+  const c = await KernelClient.connect({ ...t, wsUrl: server.wsUrl, token: server.token }, kernelId);
   for (let attempt = 1; ; attempt++) {
     const id = c.request('kernel_info_request', {});
     try {
@@ -321,5 +322,84 @@ describe('jupyter server --gateway-url pointed at kgate', () => {
   it('leaves no kernel on kgate once the notebook server has shut its kernels down', async () => {
     const left = (await (await t.api('api/kernels')).json()) as unknown[];
     expect(left).toEqual([]);
+  });
+});
+
+/**
+ * The notebook server's gateway client with a per-user JWT as its token
+ * (`--GatewayClient.auth_token=<jwt>`, sent as `Authorization: token <jwt>`,
+ * the WebSocket included): the kernels it starts are that user's on kgate, and
+ * another user of the same tenant sees none of them.
+ */
+describe('jupyter server with a per-user JWT as --GatewayClient.auth_token', () => {
+  const secret = randomBytes(48).toString('hex');
+  const claims = { iss: 'https://login.kgate.test/', aud: 'kgate-nb' };
+  const mint = (sub: string, tenant: string): Promise<string> =>
+    new SignJWT({ tenant })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setSubject(sub)
+      .setIssuer(claims.iss)
+      .setAudience(claims.aud)
+      .setIssuedAt()
+      .setExpirationTime('30m')
+      .sign(new TextEncoder().encode(secret));
+  // A notebook server's service token (token file, kgate:impersonate in tenant acme).
+  const serviceToken = randomBytes(24).toString('hex');
+  let jt: TestGateway;
+  let jnb: JupyterServer;
+  let snb: JupyterServer;
+
+  beforeAll(async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kgate-nb-jwt-'));
+    writeFileSync(join(dir, 'secret'), secret, { mode: 0o600 });
+    const digest = createHash('sha256').update(serviceToken).digest('hex');
+    writeFileSync(join(dir, 'tokens.yaml'), `tokens:\n  - sha256: ${digest}\n    user: notebook-server\n    tenant: acme\n    scopes: [kgate:impersonate]\n`);
+    jt = await startGateway(['--jwt-secret-file', join(dir, 'secret'), '--jwt-issuer', claims.iss, '--jwt-audience', claims.aud, '--token-file', join(dir, 'tokens.yaml')]);
+    // The gateway client sends the KERNEL_* variables of its own environment in every start.
+    [jnb, snb] = await Promise.all([
+      startJupyterServer({ gatewayUrl: jt.url.replace(/\/$/, ''), gatewayToken: await mint('alice', 'acme'), env: { KERNEL_USERNAME: 'alice' } }),
+      startJupyterServer({ gatewayUrl: jt.url.replace(/\/$/, ''), gatewayToken: serviceToken, env: { KERNEL_USERNAME: 'bob' } }),
+    ]);
+  }, 90_000);
+
+  afterAll(async () => {
+    await Promise.all([jnb?.close(), snb?.close()]);
+    await jt?.close();
+  }, 60_000);
+
+  it("with a service token holding kgate:impersonate, starts kernels for the KERNEL_USERNAME it names: bob's, and bob sees it", async () => {
+    const r = await snb.api('api/kernels', { method: 'POST', json: { name: 'python3' } });
+    expect(r.status, snb.log()).toBe(201);
+    const { id } = (await r.json()) as { id: string };
+    kernelIds.add(id);
+    const k = jt.gw.ctx.kernels.get(id);
+    expect([k.owner, k.tenant]).toEqual(['bob', 'acme']);
+    // The notebook server reads back and uses what it started, through its service token.
+    expect((await snb.api(`api/kernels/${id}`)).status).toBe(200);
+    const c = await connectThroughNotebook(id, snb);
+    expect(await run(c, "import os; print(os.environ['KERNEL_USERNAME'], 6 * 7)")).toBe('bob 42\n');
+    c.close();
+    const bob = gatewayClient(jt.url, await mint('bob', 'acme'));
+    expect(((await (await bob.api('api/kernels')).json()) as Array<{ id: string }>).map((x) => x.id)).toEqual([id]);
+    const alice = gatewayClient(jt.url, await mint('alice', 'acme'));
+    expect((await alice.api(`api/kernels/${id}`)).status).toBe(404);
+    expect((await snb.api(`api/kernels/${id}`, { method: 'DELETE' })).status).toBe(204);
+  });
+
+  it("starts and runs a kernel that is the JWT user's on kgate, and no one else's", async () => {
+    const r = await jnb.api('api/kernels', { method: 'POST', json: { name: 'python3' } });
+    expect(r.status, jnb.log()).toBe(201);
+    const { id } = (await r.json()) as { id: string };
+    kernelIds.add(id);
+    const k = jt.gw.ctx.kernels.get(id);
+    expect([k.owner, k.tenant]).toEqual(['alice', 'acme']);
+    const c = await connectThroughNotebook(id, jnb);
+    expect(await run(c, "import os; print(os.environ['KERNEL_USERNAME'], 6 * 7)")).toBe('alice 42\n');
+    c.close();
+    const bob = gatewayClient(jt.url, await mint('bob', 'acme'));
+    expect(await (await bob.api('api/kernels')).json()).toEqual([]);
+    expect((await bob.api(`api/kernels/${id}`)).status).toBe(404);
+    expect((await jnb.api(`api/kernels/${id}`, { method: 'DELETE' })).status).toBe(204);
+    expect((await jt.api(`api/kernels/${id}`)).status).toBe(404);
   });
 });

@@ -101,7 +101,7 @@ function conform(method: string, template: string, a: Answer): void {
   expect(Object.keys(content), `${what}: content type`).toContain(type);
   const schema = (content[type] as Json)['schema'] as Json | undefined;
   if (schema) {
-    const body: unknown = type === 'application/json' ? JSON.parse(a.text) : a.text;
+    const body: unknown = type === 'application/json' ? JSON.parse(a.text) : type === 'application/yaml' ? parseYaml(a.text) : a.text;
     const v = validatorFor(schema);
     expect(v(body), `${what}: body ${a.text.slice(0, 300)} does not match: ${ajv.errorsText(v.errors)}`).toBe(true);
   }
@@ -208,6 +208,8 @@ describe('every route, answered as described', () => {
   it('status routes, and 401 without a token', async () => {
     await call('GET', '/api');
     await call('GET', '/api/status');
+    expect((await call('GET', '/api/usage')).status).toBe(200);
+    expect((await call('GET', '/api/usage', { query: '?since=yesterday' })).status).toBe(400);
     expect((await call('GET', '/api', { token: null })).status).toBe(401);
     expect((await call('GET', '/api/kernels', { token: 'wrong' })).status).toBe(401);
   });

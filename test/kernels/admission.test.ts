@@ -10,7 +10,7 @@ const user = (name: string): Principal => ({ user: name, tenant: DEFAULT_TENANT,
 describe('fake provisioner: admission', () => {
   it('KernelLimits counts reservations in flight, in all and per user, and a release gives the slot back once', () => {
     const limits = new KernelLimits({ maxKernels: 3, maxKernelsPerUser: 2 });
-    const running = { size: 0, ownedBy: () => 0 };
+    const running: never[] = [];
     const req = (u: string) => ({ principal: user(u), user: u, kernelspec: 'fake', resources: {} });
     const a1 = limits.admit(req('alice'), running);
     limits.admit(req('alice'), running);

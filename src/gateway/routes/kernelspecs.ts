@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { extname } from 'node:path';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { kernelspecNotFound, notFound } from '../../errors.js';
 import type { KernelSpecModel } from '../../kernels/kernelspecs.js';
 import type { GatewayContext } from '../context.js';
@@ -13,7 +13,9 @@ const MIME: Record<string, string> = {
 };
 
 export function kernelspecRoutes(app: FastifyInstance, ctx: GatewayContext): void {
-  const { specs, baseUrl } = ctx;
+  const { specs, baseUrl, kernels } = ctx;
+  // A kernelspec the caller's tenant may not start (--policy) is not listed, and not found.
+  const visible = (req: FastifyRequest, name: string): KernelSpecModel | undefined => (kernels.kernelspecAllowed(req.principal, name) ? specs.model(name, baseUrl) : undefined);
 
   app.get<{ Querystring: { user?: string } }>('/api/kernelspecs', async (req) => {
     await specs.refresh();
@@ -22,18 +24,22 @@ export function kernelspecRoutes(app: FastifyInstance, ctx: GatewayContext): voi
     const user = req.query.user;
     if (typeof user === 'string' && user.includes('/')) {
       const name = user.slice(user.lastIndexOf('/') + 1);
-      const m = specs.model(name, baseUrl);
+      const m = visible(req, name);
       if (!m) throw kernelspecNotFound(name);
       return m;
     }
     const kernelspecs: Record<string, KernelSpecModel> = {};
-    for (const name of specs.names()) kernelspecs[name] = specs.model(name, baseUrl)!;
-    return { default: specs.defaultName, kernelspecs };
+    for (const name of specs.names()) {
+      const m = visible(req, name);
+      if (m) kernelspecs[name] = m;
+    }
+    // The default is one the caller may start, so a client that starts "the default" is not refused.
+    return { default: kernels.defaultKernelspec(req.principal), kernelspecs };
   });
 
   app.get<{ Params: { name: string } }>('/api/kernelspecs/:name', async (req) => {
     await specs.refresh();
-    const m = specs.model(req.params.name, baseUrl);
+    const m = visible(req, req.params.name);
     if (!m) throw kernelspecNotFound(req.params.name);
     return m;
   });
