@@ -9,6 +9,7 @@ import { DemoNotBuiltError, startDemoServer, type DemoServer } from './demo-serv
 import { createServer, httpLimits } from './gateway/app.js';
 import { tokenDigest } from './gateway/token-file.js';
 import { createLogger } from './log.js';
+import { statusCommand } from './status-cli.js';
 import { VERSION } from './version.js';
 
 /**
@@ -70,6 +71,11 @@ async function main(): Promise<void> {
     await hashToken();
     return;
   }
+  // `kgate status`: the status page's table in a terminal (src/status-cli.ts).
+  if (process.argv[2] === 'status') {
+    process.exitCode = await statusCommand(process.argv.slice(3));
+    return;
+  }
   let config;
   try {
     config = loadConfig(process.argv.slice(2));
@@ -126,9 +132,9 @@ async function main(): Promise<void> {
     const enc = (s: string): string => encodeURIComponent(s).replace(/%3A/g, ':').replace(/%2F/g, '/');
     lines.push(`demo page: http://${pageHost}:${demo.port}/#kgate=${enc(kgateUrl)}${gateway.token ? `&token=${enc(gateway.token)}` : ''}`);
   }
-  process.stdout.write(`${lines.join('\n')}\n`);
 
   let stopping = false;
+  const drainS = config.shutdownDrain;
   const stop = (signal: NodeJS.Signals): void => {
     if (stopping) {
       // A second signal means now: kill what is left and go.
@@ -136,15 +142,19 @@ async function main(): Promise<void> {
       process.exit(130);
     }
     stopping = true;
-    log.info({ signal }, 'shutting down: stopping every kernel');
-    Promise.all([gateway.close(), demo?.close()]).then(
-      () => process.exit(0),
-      (err: unknown) => {
-        log.error({ err }, 'shutdown failed');
-        gateway.ctx.kernels.killAllNow();
-        process.exit(1);
-      },
-    );
+    // Readiness fails now; new connections are refused after the drain (docs/operations.md, "Graceful shutdown").
+    log.info({ signal, drainS }, 'shutting down: not ready from now on; new connections are refused after the drain, then every kernel stops');
+    gateway
+      .drain(drainS * 1000)
+      .then(() => Promise.all([gateway.close(), demo?.close()]))
+      .then(
+        () => process.exit(0),
+        (err: unknown) => {
+          log.error({ err }, 'shutdown failed');
+          gateway.ctx.kernels.killAllNow();
+          process.exit(1);
+        },
+      );
   };
   // SIGHUP: the token file, the JWKS file and the tenant policy are read again; a bad one keeps the old.
   let reloading = false;
@@ -162,6 +172,8 @@ async function main(): Promise<void> {
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
   process.on('exit', () => gateway.ctx.kernels.killAllNow());
+  // Printed once the signal handlers are in place: whoever waits for this line may stop kgate at once.
+  process.stdout.write(`${lines.join('\n')}\n`);
 }
 
 main().catch((e: unknown) => {

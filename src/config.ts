@@ -9,6 +9,8 @@ import type { z } from 'zod';
 import { BRIDGE_OPTIONS, type BridgeConfig } from './bridge/options.js';
 import { GATEWAY_OPTIONS, type GatewayConfig } from './gateway/options.js';
 import { KERNEL_OPTIONS, type KernelsConfig } from './kernels/options.js';
+import { AUDIT_OPTIONS, type AuditConfig } from './audit-options.js';
+import { HEALTH_OPTIONS, type HealthConfig } from './gateway/health-options.js';
 import { LOG_OPTIONS, type LogConfig } from './log-options.js';
 import { METERING_OPTIONS, type MeteringConfig } from './metering-options.js';
 import { METRICS_OPTIONS, type MetricsConfig } from './metrics-options.js';
@@ -17,7 +19,7 @@ import { ConfigError, type OptionDef, type OptionSlice } from './options.js';
 export { ConfigError };
 
 /** The slices, in the order `--help` and the docs list them. */
-export const SLICES: readonly OptionSlice[] = [GATEWAY_OPTIONS, KERNEL_OPTIONS, BRIDGE_OPTIONS, METERING_OPTIONS, METRICS_OPTIONS, LOG_OPTIONS];
+export const SLICES: readonly OptionSlice[] = [GATEWAY_OPTIONS, KERNEL_OPTIONS, BRIDGE_OPTIONS, METERING_OPTIONS, METRICS_OPTIONS, HEALTH_OPTIONS, AUDIT_OPTIONS, LOG_OPTIONS];
 
 /** Every option by its key in Config. */
 export const OPTIONS = {
@@ -26,10 +28,12 @@ export const OPTIONS = {
   ...BRIDGE_OPTIONS.options,
   ...METERING_OPTIONS.options,
   ...METRICS_OPTIONS.options,
+  ...HEALTH_OPTIONS.options,
+  ...AUDIT_OPTIONS.options,
   ...LOG_OPTIONS.options,
 } as const;
 
-export type Config = GatewayConfig & KernelsConfig & BridgeConfig & MeteringConfig & MetricsConfig & LogConfig;
+export type Config = GatewayConfig & KernelsConfig & BridgeConfig & MeteringConfig & MetricsConfig & HealthConfig & AuditConfig & LogConfig;
 
 // Two slices that declared the same key or flag would silently shadow each other.
 {

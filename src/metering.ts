@@ -70,8 +70,27 @@ interface Metered {
 
 const hasResources = (r: ResourceRequest | undefined): r is ResourceRequest => r !== undefined && (r.cpu !== undefined || r.memory !== undefined || r.extended !== undefined);
 
+/** What one tenant used, as charged by this gateway since it started (Prometheus counters read it). */
+export interface TenantUsage {
+  kernelSeconds: number;
+  coreSeconds: number;
+  gibSeconds: number;
+  gpuSeconds: Map<string, number>;
+}
+
+function addUsage(to: TenantUsage, r: ResourceRequest, seconds: number): void {
+  to.kernelSeconds += seconds;
+  to.coreSeconds += (r.cpu ?? 0) * seconds;
+  to.gibSeconds += ((r.memory ?? 0) / 2 ** 30) * seconds;
+  for (const [name, n] of Object.entries(r.extended ?? {})) to.gpuSeconds.set(name, (to.gpuSeconds.get(name) ?? 0) + n * seconds);
+}
+
+const noUsage = (): TenantUsage => ({ kernelSeconds: 0, coreSeconds: 0, gibSeconds: 0, gpuSeconds: new Map() });
+
 export class Meter {
   private readonly running = new Map<string, Metered>();
+  /** The segments this gateway closed, summed per tenant. */
+  private readonly closedByTenant = new Map<string, TenantUsage>();
   /** Every store write, in order; close() and reports wait for it. */
   private queue: Promise<void> = Promise.resolve();
   private unwritten: UsageInterval[] = [];
@@ -156,9 +175,14 @@ export class Meter {
   private end(m: Metered, at: number, how: 'ended' | 'released' | 'lost'): void {
     this.running.delete(m.kernelId);
     const recorded = this.o.recorded;
+    // Counted now, so the per-tenant counters never dip while the write waits; an adopted
+    // kernel whose mark is not read yet has its start known only in the queue.
+    const countNow = !m.resolving;
+    if (countNow) this.counted({ ...this.charge(m), from: m.since, to: Math.max(at, m.since) });
     this.write(async () => {
       // An adopted kernel ended before its mark was read: it is read in the queue ahead of this.
       const segment: UsageInterval = { ...this.charge(m), from: m.since, to: Math.max(at, m.since) };
+      if (!countNow) this.counted(segment);
       await this.appendWithRetry(segment.to > segment.from ? [segment] : []);
       // A kernel that runs on (let go for the next gateway) keeps its mark, for whoever adopts it.
       if (how === 'ended' || (how === 'released' && recorded && !(await recorded(m.kernelId)))) await this.o.store.unmark(m.kernelId);
@@ -179,7 +203,9 @@ export class Meter {
         continue;
       }
       if (m.resolving || at <= m.since) continue;
-      segments.push({ ...this.charge(m), from: m.since, to: at });
+      const segment = { ...this.charge(m), from: m.since, to: at };
+      segments.push(segment);
+      this.counted(segment);
       m.since = at;
       marks.push(m);
     }
@@ -191,6 +217,30 @@ export class Meter {
         await this.sweep();
       }
     });
+  }
+
+  private counted(i: UsageInterval): void {
+    let t = this.closedByTenant.get(i.tenant);
+    if (!t) this.closedByTenant.set(i.tenant, (t = noUsage()));
+    addUsage(t, i.resources, (i.to - i.from) / 1000);
+  }
+
+  /**
+   * What each tenant used as charged by this gateway since it started, the
+   * running kernels up to now: it only grows (a running kernel's share moves
+   * into the closed sums at each checkpoint), as a Prometheus counter must.
+   */
+  usageByTenant(): Map<string, TenantUsage> {
+    const out = new Map<string, TenantUsage>();
+    for (const [tenant, t] of this.closedByTenant) out.set(tenant, { ...t, gpuSeconds: new Map(t.gpuSeconds) });
+    const at = this.now();
+    for (const m of this.running.values()) {
+      if (m.resolving || at <= m.since) continue;
+      let t = out.get(m.tenant);
+      if (!t) out.set(m.tenant, (t = noUsage()));
+      addUsage(t, m.resources, (at - m.since) / 1000);
+    }
+    return out;
   }
 
   private async appendWithRetry(segments: UsageInterval[]): Promise<void> {

@@ -44,6 +44,7 @@ import { tokenFromRequest, type AuthResult } from './gateway/auth.js';
 import { errorBody, httpStatusOf } from './gateway/http-errors.js';
 import { tokenDigest } from './gateway/token-file.js';
 import type { KernelManager } from './kernels/manager.js';
+import type { Meter, TenantUsage } from './metering.js';
 import { hasScope, Scopes, type Principal } from './principal.js';
 
 /** Kernel start latency, in seconds: a pooled hand-out, a local start, a pod scheduled and pulled. */
@@ -56,6 +57,8 @@ export interface MetricsSources {
   kernels: Pick<KernelManager, 'registry' | 'pools'>;
   relay: RelayCounts;
   replay: ReplayBudget;
+  /** Usage metering, for the per-tenant usage counters (none: not exported). */
+  meter?: Pick<Meter, 'usageByTenant'> | undefined;
   /** --metrics-token; undefined: none. */
   token?: string | undefined;
   /** The gateway's --base-url (starts and ends with "/"): /metrics is served under it. */
@@ -156,6 +159,35 @@ export class GatewayMetrics {
         for (const [channel, direction, m] of RELAY_SERIES) this.inc({ channel, direction }, relay[m]);
       },
     });
+    const meter = s.meter;
+    if (meter) {
+      // Tenants are a bounded label (they are the policy's), users are not: per user is /api/usage's.
+      const usage = (name: string, help: string, pick: (u: TenantUsage) => number): void => {
+        new Counter({
+          name,
+          help,
+          labelNames: ['tenant'] as const,
+          registers,
+          collect() {
+            this.reset();
+            for (const [tenant, u] of meter.usageByTenant()) this.inc({ tenant }, pick(u));
+          },
+        });
+      };
+      usage('kgate_usage_kernel_seconds_total', 'Kernel-seconds charged by this gateway since it started, by tenant (usage metering)', (u) => u.kernelSeconds);
+      usage('kgate_usage_core_seconds_total', 'Core-seconds of the CPU kernels reserved, charged by this gateway since it started, by tenant', (u) => u.coreSeconds);
+      usage('kgate_usage_gib_seconds_total', 'GiB-seconds of the memory kernels reserved, charged by this gateway since it started, by tenant', (u) => u.gibSeconds);
+      new Counter({
+        name: 'kgate_usage_gpu_seconds_total',
+        help: 'Seconds of each extended resource (a GPU, a MIG slice) kernels reserved, charged by this gateway since it started, by tenant and resource',
+        labelNames: ['tenant', 'resource'] as const,
+        registers,
+        collect() {
+          this.reset();
+          for (const [tenant, u] of meter.usageByTenant()) for (const [resource, sec] of u.gpuSeconds) this.inc({ tenant, resource }, sec);
+        },
+      });
+    }
     new Counter({
       name: 'kgate_relayed_bytes_total',
       help: 'Bytes of the kernel messages relayed (their header, parent, metadata, content and buffers), by channel and direction, as kgate_relayed_messages_total',

@@ -40,6 +40,10 @@ import { sessionRoutes } from './routes/sessions.js';
 import { statusRoutes } from './routes/status.js';
 import { usageRoutes } from './routes/usage.js';
 import { metricsRoutes } from './routes/metrics.js';
+import { statusPageRoutes } from './status-page.js';
+import { AuditLog } from '../audit.js';
+import { Health, healthRoutes } from './health.js';
+import { genReqId, installRequestLog } from './request-log.js';
 
 export interface Gateway {
   app: FastifyInstance;
@@ -48,8 +52,17 @@ export interface Gateway {
   metrics: GatewayMetrics;
   /** The token in force ('' when auth is off). */
   token: string;
+  /** Liveness and readiness (GET /healthz, GET /readyz). */
+  health: Health;
+  /** The audit log (--audit-log, or stderr). */
+  audit: AuditLog;
   listen(): Promise<{ host: string; port: number }>;
-  /** Stops serving, shuts every kernel down, closes every socket. */
+  /**
+   * The first step of a shutdown: readiness fails from now on, and this
+   * resolves after `ms` (--shutdown-drain) while everything else is served.
+   */
+  drain(ms: number): Promise<void>;
+  /** Refuses new connections and requests, then closes every socket and shuts every kernel down (docs/operations.md). */
   close(): Promise<void>;
   /**
    * Reads the token file, the JWKS file and the tenant policy again (SIGHUP).
@@ -187,6 +200,8 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
   const token = config.authToken ?? randomBytes(24).toString('hex');
   // Reads the token file, JWT secret and JWKS file first: a bad one stops the start before anything runs.
   const auth = authenticatorFor(config, token, log);
+  // Opened first too (an --audit-log that cannot be written stops the start), and subscribed before adoption.
+  const audit = new AuditLog({ file: config.auditLog, log, owns: (id) => kernels.has(id) });
   const specDirs = [...(overrides.kernelspecDirs ?? []), ...config.kernelspecDir, ...jupyterKernelDirs(), BUILTIN_KERNELSPECS];
   const specs = new KernelSpecStore(specDirs, config.defaultKernelName, (dir, reason) => log.warn({ dir, reason }, 'skipped an unreadable kernelspec'));
   await specs.refresh(true);
@@ -238,7 +253,7 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
   // Subscribed before adoption, so the adopted kernels are charged from their last checkpoint.
   const meter = await startMetering({ stateDir: config.stateDir, intervalSeconds: config.meteringInterval, registry: kernels.registry, records: state, log });
   // Subscribed before adoption too, so adoptions are counted.
-  const metrics = new GatewayMetrics({ kernels, relay: relayCounts, replay: replayBudget, token: config.metricsToken, baseUrl: config.baseUrl, log });
+  const metrics = new GatewayMetrics({ kernels, relay: relayCounts, replay: replayBudget, meter, token: config.metricsToken, baseUrl: config.baseUrl, log });
   await kernels.adopt();
   kernels.pools.configure(config.pool);
   const culler =
@@ -257,6 +272,9 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
     ...httpServerOptions(httpLimits(config)),
     clientErrorHandler: clientErrorHandler(log, csp),
     loggerInstance: log as FastifyBaseLogger,
+    // The client's X-Request-Id when well-formed, else a new id (src/gateway/request-log.ts).
+    genReqId,
+    requestIdHeader: false,
     // No log line per request: cheap, and a ?token= in a URL never reaches the log.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 1024 * 1024,
@@ -279,9 +297,21 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
   // Jupyter clients do not all send a JSON content type; every body is read as JSON.
   app.addContentTypeParser('*', { parseAs: 'string' }, parseJson);
 
+  const health = new Health({ listening: () => app.server.listening, stateDir: config.stateDir, baseUrl: ctx.baseUrl, log });
+  // Before the auth hook, so a refused request is logged, audited and answered with its X-Request-Id too.
+  installRequestLog(app, { quiet: (req) => health.isProbe(req) });
+  audit.routes(app, {
+    baseUrl: ctx.baseUrl,
+    kernelspecOf: (id) => (kernels.has(id) ? kernels.get(id).name : undefined),
+    sessionKernel: async (req, id) => (await sessions.get(id, req.principal)).kernelId,
+  });
+
   const origins = new OriginPolicy(config.allowOrigin, config.demoPort ? [config.demoPort] : []);
   app.addHook('onRequest', async (req, reply) => {
     reply.header('Content-Security-Policy', csp);
+    // The probes need no credential and no CORS check; once a shutdown has drained, nothing else is served.
+    if (health.isProbe(req)) return;
+    health.refuseIfClosing(reply);
     // CORS first: a preflight carries no token, and is answered here.
     if (origins.applyCors(req, reply)) return reply;
     // --metrics-token is good for /metrics alone; every other request is the authenticator's.
@@ -325,11 +355,16 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
       kernelRoutes(api, ctx);
       sessionRoutes(api, ctx);
       usageRoutes(api, meter);
+      healthRoutes(api, health);
     },
     { prefix: ctx.baseUrl.slice(0, -1) },
   );
   // Outside the API scope above: Prometheus text, not part of the Jupyter API's OpenAPI description.
   void app.register(async (m) => metricsRoutes(m, metrics), { prefix: ctx.baseUrl.slice(0, -1) });
+  // An HTML page behind the same auth, reading the API above; outside its OpenAPI description too.
+  void app.register(async (p) => statusPageRoutes(p, { frameAncestors: csp }), { prefix: ctx.baseUrl.slice(0, -1) });
+  // The probes at the root too, where one configured without the prefix looks.
+  if (ctx.baseUrl !== '/') void app.register(async (r) => healthRoutes(r, health));
 
   const channels = new ChannelsEndpoint(ctx, {
     maxMessageSize: config.maxMessageSize,
@@ -349,6 +384,8 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
     ctx,
     metrics,
     token,
+    health,
+    audit,
     async listen() {
       await app.listen({ host: config.ip, port: config.port });
       if (config.metricsPort !== undefined) {
@@ -364,17 +401,31 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
       return { host: config.ip, port };
     },
     async reload() {
+      // Reopened first (logrotate moved it), so this reload's line is the new file's.
+      audit.reopen();
       const results = await Promise.allSettled([auth.reload(), kernels.reloadPolicy()]);
       const failed = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+      audit.reloaded(failed.length === 0 ? 'ok' : 'config_error');
       if (failed.length === 1) throw failed[0];
       if (failed.length > 1) throw new AggregateError(failed, failed.map((e) => (e instanceof Error ? e.message : String(e))).join('; '));
     },
+    async drain(ms) {
+      health.stopServing();
+      if (ms > 0) await new Promise((resolve) => setTimeout(resolve, ms));
+    },
     close() {
       closing ??= (async () => {
+        // Not ready (if the drain did not say so already); no new connection, request or upgrade; then the rest.
+        health.refuseNew();
+        app.server.close();
         channels.close();
         culler?.stop();
-        if (config.keepKernels && state) await kernels.releaseAll();
+        const keep = config.keepKernels && state !== undefined;
+        const stopping = audit.gatewayStopping(kernels.list(), keep ? 'release' : 'shutdown');
+        if (keep) await kernels.releaseAll();
         else await kernels.shutdownAll();
+        stopping.done();
+        audit.close();
         await meter.close();
         await metrics.close();
         await app.close();

@@ -14,7 +14,9 @@ import { events } from '../events.js';
 import { ErrorCodes, KgateError, WsClose, badRequest, forbiddenOrigin, kernelNotFound, notFound, truncate, unauthorized } from '../errors.js';
 import { errorBody, errorHeaders, httpStatusOf, reasonPhrase } from './http-errors.js';
 import type { GatewayContext } from './context.js';
+import { notReady } from './health.js';
 import type { OriginPolicy } from './origin.js';
+import { logRefusedSocket, logSocket, requestIdOf } from './request-log.js';
 import { sessionIdQuery } from './schemas.js';
 
 export interface ChannelsOptions {
@@ -77,6 +79,8 @@ export class ChannelsEndpoint {
   private readonly wss: WebSocketServer;
   private readonly pattern: RegExp;
   private readonly pinger: NodeJS.Timeout;
+  /** Shutting down: an upgrade that still comes on a kept connection is refused (503). */
+  private closing = false;
 
   constructor(
     private readonly ctx: GatewayContext,
@@ -107,6 +111,7 @@ export class ChannelsEndpoint {
 
   /** Closes every client socket with 1001 (going away). */
   close(): void {
+    this.closing = true;
     clearInterval(this.pinger);
     for (const ws of this.wss.clients) ws.close(WsClose.GoingAway, 'kgate is shutting down');
     this.wss.close();
@@ -152,8 +157,11 @@ export class ChannelsEndpoint {
   }
 
   private async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const reqId = requestIdOf(req.headers);
+    const route = `${this.ctx.baseUrl}api/kernels/:id/channels`;
     let handedOver = false;
     try {
+      if (this.closing) throw notReady('shutting_down');
       const url = req.url ?? '/';
       const q = url.indexOf('?');
       const path = q >= 0 ? url.slice(0, q) : url;
@@ -193,7 +201,10 @@ export class ChannelsEndpoint {
       }
       // From here the socket is ws's: nothing may write HTTP on it any more.
       handedOver = true;
-      this.wss.handleUpgrade(req, socket, head, (ws) => this.accepted(ws, link, sessionId));
+      this.wss.handleUpgrade(req, socket, head, (ws) => {
+        this.accepted(ws, link, sessionId);
+        logSocket(this.ctx.log, ws, { reqId, kernelId, route, principal });
+      });
     } catch (e) {
       if (handedOver) {
         this.ctx.log.error({ err: e }, 'the WebSocket upgrade failed after the handshake began');
@@ -201,7 +212,9 @@ export class ChannelsEndpoint {
         return;
       }
       if (!(e instanceof KgateError)) this.ctx.log.error({ err: e }, 'the WebSocket upgrade failed');
-      refuse(socket, e instanceof KgateError ? e : internalError(), this.options.csp);
+      const refusal = e instanceof KgateError ? e : internalError();
+      logRefusedSocket(this.ctx.log, { reqId, route, status: httpStatusOf(refusal), code: refusal.code });
+      refuse(socket, refusal, this.options.csp);
     }
   }
 

@@ -53,6 +53,10 @@ export const HTTP_ERRORS: Record<ErrorCode, HttpErrorDef> = {
   },
   [ErrorCodes.KERNEL_LAUNCH_RETRYABLE]: { status: 503, when: 'the launch failed for a passing reason (the message says which); `Retry-After` says when to try again' },
   [ErrorCodes.KERNEL_START_TIMEOUT]: { status: 504, when: 'no `kernel_info_reply` within the launch timeout' },
+  [ErrorCodes.NOT_READY]: {
+    status: 503,
+    when: '`GET /readyz` while kgate is not ready (shutting down, not listening yet, or its state dir cannot be read or written); once a shutdown has drained, every other request and WebSocket upgrade too',
+  },
   [ErrorCodes.INTERNAL]: { status: 500, when: 'a bug; the log has the details' },
 };
 

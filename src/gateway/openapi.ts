@@ -17,6 +17,7 @@ import type { GatewayContext } from './context.js';
 import { HTTP_ERRORS, type HttpErrorDef } from './http-errors.js';
 import * as s from './schemas.js';
 import { usageReport, usageTime } from './routes/usage.js';
+import { healthModel, notReadyModel } from './health.js';
 
 type Json = Record<string, unknown>;
 type Method = 'GET' | 'POST' | 'PATCH' | 'DELETE';
@@ -39,6 +40,8 @@ const RESPONSE_SCHEMAS = {
   ApiInfo: s.apiInfo,
   Status: s.statusModel,
   Usage: usageReport,
+  Health: healthModel,
+  NotReady: notReadyModel,
   Error: s.errorBody,
 } satisfies Record<string, z.ZodType>;
 
@@ -88,6 +91,8 @@ interface Operation {
   errors: ErrorStatus[];
   /** Served by the WebSocket upgrade handler (`channels.ts`), not a fastify route. */
   upgrade?: true;
+  /** Served without a credential and outside the CORS check (`security: []`): the probes. */
+  public?: true;
 }
 
 const LOCATION = { Location: { description: 'the new resource, under the base URL', required: true } } as const;
@@ -308,6 +313,35 @@ export const OPERATIONS: Operation[] = [
   },
 ];
 
+/**
+ * The probes (src/gateway/health.ts): the only operations served without a
+ * credential, kept apart from OPERATIONS, every one of which needs one.
+ */
+export const PUBLIC_OPERATIONS: Operation[] = [
+  {
+    method: 'GET',
+    route: '/healthz',
+    operationId: 'getHealth',
+    tag: 'health',
+    summary: 'liveness: the event loop answers',
+    description: 'No credential. Also at `/healthz` when the base URL is not `/`.',
+    ok: { 200: { description: 'alive', json: 'Health' } },
+    errors: [],
+    public: true,
+  },
+  {
+    method: 'GET',
+    route: '/readyz',
+    operationId: 'getReadiness',
+    tag: 'health',
+    summary: 'readiness: listening, the state store readable and writable, not shutting down',
+    description: 'No credential; the state store check is cached for a second. Also at `/readyz` when the base URL is not `/`.',
+    ok: { 200: { description: 'ready', json: 'Health' }, 503: { description: 'not ready (`KG_NOT_READY`; the message says which of three reasons)', json: 'NotReady' } },
+    errors: [],
+    public: true,
+  },
+];
+
 const ref = (name: string): Json => ({ $ref: `#/components/schemas/${name}` });
 
 /** zod's JSON Schema (draft 2020-12, which OpenAPI 3.1 uses) of every schema in `entries`, cross-referenced as components. */
@@ -356,12 +390,13 @@ function operationObject(op: Operation, authEnabled: boolean): Json {
   if (op.params) errors.add(400).add(414);
   // node refuses a request whose headers (its URL among them) pass 16 KiB before any route sees it.
   errors.add(431);
-  if (authEnabled) errors.add(401);
-  // A browser page's Origin that --allow-origin does not allow is refused on every route, before the token is looked at.
-  errors.add(403);
+  if (authEnabled && !op.public) errors.add(401);
+  // A browser page's Origin that --allow-origin does not allow is refused on every route but the probes, before the token is looked at.
+  if (!op.public) errors.add(403);
   if (!op.upgrade) errors.add(500);
   for (const status of [...errors].sort((a, b) => a - b)) responses[status] = { $ref: `#/components/responses/${errorResponseName(status)}` };
   const o: Json = { operationId: op.operationId, tags: [op.tag], summary: op.summary };
+  if (op.public) o['security'] = [];
   if (op.description) o['description'] = op.description;
   if (parameters.length > 0) o['parameters'] = parameters;
   if (op.body) {
@@ -375,7 +410,7 @@ function operationObject(op: Operation, authEnabled: boolean): Json {
 /** The OpenAPI document of this gateway (its base URL, whether auth is on). */
 export function buildOpenApi(ctx: Pick<GatewayContext, 'baseUrl' | 'auth'>): Json {
   const paths: Record<string, Json> = {};
-  for (const op of OPERATIONS) (paths[openApiPath(op.route)] ??= {})[op.method.toLowerCase()] = operationObject(op, ctx.auth.enabled);
+  for (const op of [...OPERATIONS, ...PUBLIC_OPERATIONS]) (paths[openApiPath(op.route)] ??= {})[op.method.toLowerCase()] = operationObject(op, ctx.auth.enabled);
   const responses: Json = {};
   for (const status of ERROR_STATUSES) {
     responses[errorResponseName(status)] = {
@@ -398,6 +433,7 @@ export function buildOpenApi(ctx: Pick<GatewayContext, 'baseUrl' | 'auth'>): Jso
       { name: 'kernelspecs', description: 'the kernels that can be started' },
       { name: 'kernels', description: 'running kernels and their channels' },
       { name: 'sessions', description: "jupyter_server's session API" },
+      { name: 'health', description: 'probes for load balancers and Kubernetes, without a credential' },
     ],
     security: ctx.auth.enabled ? [{ token: [] }, { bearer: [] }, { tokenQuery: [] }] : [],
     paths,
@@ -432,7 +468,7 @@ export function specRoutes(app: FastifyInstance, ctx: GatewayContext): void {
     for (const m of [r.method].flat()) if (m !== 'HEAD') routes.add(`${m} ${r.routePath}`);
   });
   app.addHook('onReady', async () => {
-    const described = new Set(OPERATIONS.filter((op) => !op.upgrade).map((op) => `${op.method} ${op.route}`));
+    const described = new Set([...OPERATIONS, ...PUBLIC_OPERATIONS].filter((op) => !op.upgrade).map((op) => `${op.method} ${op.route}`));
     const undescribed = [...routes].filter((r) => !described.has(r));
     const unserved = [...described].filter((r) => !routes.has(r));
     if (undescribed.length > 0 || unserved.length > 0) {

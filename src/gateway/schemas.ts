@@ -10,6 +10,7 @@ import type { ExecutionState } from '../bridge/kernel-link.js';
 import { ErrorCodes, type ErrorCode } from '../errors.js';
 import { KERNEL_NAME, type KernelSpecModel } from '../kernels/kernelspecs.js';
 import type { KernelModel } from '../kernels/manager.js';
+import { ALL_PHASES, type KernelPhase } from '../kernels/phases.js';
 import type { SessionModel } from '../kernels/sessions.js';
 
 const kernelName = z.string().regex(KERNEL_NAME, 'a kernel name is 1 to 128 characters of A-Z, a-z, 0-9, ".", "_" and "-"');
@@ -84,8 +85,21 @@ export const kernelModel = z
     last_activity: jupyterDate,
     execution_state: executionState,
     connections: count.describe('open channels WebSockets'),
+    kgate: z
+      .object({
+        owner: z.string().nullable().describe('the user it is for; null: no one (the operator token without KERNEL_USERNAME)'),
+        tenant: z.string(),
+        provisioner: z.string().describe('what launched it: local, or a remote provisioner'),
+        phase: z.enum(ALL_PHASES as [KernelPhase, ...KernelPhase[]]).describe("kgate's lifecycle phase"),
+        started: jupyterDate.describe('when this gateway took it on (its start, or its adoption)'),
+        resources: z
+          .object({ cpu: z.number().optional(), memory: z.number().optional().describe('bytes'), extended: z.record(z.string(), z.number()).optional() })
+          .describe('what it reserved'),
+        progress: z.enum(['scheduling', 'pulling', 'starting', 'connecting']).optional().describe("the launch's last phase, while starting or restarting"),
+      })
+      .describe("kgate's own member, which clients that do not know it ignore; never the kernel's key, env or connection"),
   })
-  .describe('A kernel, as jupyter_server models it');
+  .describe("A kernel, as jupyter_server models it, with kgate's own member");
 
 export const sessionModel = z
   .object({

@@ -35,6 +35,20 @@ export interface KernelModel {
   last_activity: string;
   execution_state: ExecutionState;
   connections: number;
+  /** kgate's own member (clients ignore members they do not know): nothing the caller could not see already. */
+  kgate: KgateKernelModel;
+}
+
+export interface KgateKernelModel {
+  owner: string | null;
+  tenant: string;
+  provisioner: string;
+  phase: KernelPhase;
+  /** When this gateway took the kernel on. */
+  started: string;
+  resources: ResourceRequest;
+  /** The launch's last phase, while starting or restarting. */
+  progress?: LaunchPhase;
 }
 
 /**
@@ -173,6 +187,8 @@ export class KernelSupervisor {
   /** Stops the readiness rounds of an adopted kernel. */
   private readiness: AbortController | undefined;
   private readonly log: Logger;
+  /** The current launch's last phase (progress()), for the model while it starts. */
+  private launchPhase: LaunchPhase | undefined;
 
   constructor(
     init: SupervisorInit,
@@ -224,6 +240,15 @@ export class KernelSupervisor {
       last_activity: jupyterDate(this.link?.lastActivity ?? this.createdAt),
       execution_state: this.executionState,
       connections: this.link?.connections ?? 0,
+      kgate: {
+        owner: this.owner ?? null,
+        tenant: this.tenant,
+        provisioner: this.provisioner.name,
+        phase: this.state,
+        started: jupyterDate(this.createdAt),
+        resources: { ...this.resources, ...(this.resources.extended ? { extended: { ...this.resources.extended } } : {}) },
+        ...((this.state === 'starting' || this.state === 'restarting') && this.launchPhase ? { progress: this.launchPhase } : {}),
+      },
     };
   }
 
@@ -232,6 +257,7 @@ export class KernelSupervisor {
   }
 
   private progress(phase: LaunchPhase, detail?: string): void {
+    this.launchPhase = phase;
     // A remote provisioner's waits (scheduling, an image pull) are worth an info line; a local start's steps are not.
     if (phase === 'scheduling' || phase === 'pulling') this.log.info({ phase, detail }, `kernel launch: ${phase}`);
     else this.log.debug({ phase, detail }, `kernel launch: ${phase}`);
@@ -303,6 +329,7 @@ export class KernelSupervisor {
    */
   private async launch(timeoutMs: number, reuse: ConnectionInfo | undefined, cancel: AbortSignal): Promise<void> {
     const generation = ++this.generation;
+    this.launchPhase = undefined;
     const key = reuse?.key ?? randomBytes(32).toString('hex');
     this.startedAt = Date.now();
     const deadline = Date.now() + timeoutMs;

@@ -436,6 +436,12 @@ describe('GET /metrics', () => {
     expect(value(fams, 'kgate_kernel_culls_total', { kernelspec: 'python3' })).toBe(1);
     expect(fams.get('kgate_kernel_adoptions_total')!.samples).toEqual([]);
 
+    // Usage metering, per tenant: every kernel here is the operator's (tenant default); none reserved CPU or a GPU.
+    const kernelSeconds = value(fams, 'kgate_usage_kernel_seconds_total', { tenant: 'default' })!;
+    expect(kernelSeconds).toBeGreaterThan(0);
+    expect(value(fams, 'kgate_usage_core_seconds_total', { tenant: 'default' })).toBe(0);
+    expect(fams.get('kgate_usage_gpu_seconds_total')!.samples).toEqual([]);
+
     expect(value(fams, 'kgate_auth_failures_total', { kind: 'missing', transport: 'http' })).toBe(1);
     expect(value(fams, 'kgate_auth_failures_total', { kind: 'bad_token', transport: 'http' })).toBe(authHttpBad);
     expect(value(fams, 'kgate_auth_failures_total', { kind: 'bad_token', transport: 'websocket' })).toBe(1);
@@ -470,7 +476,8 @@ describe('GET /metrics', () => {
       // At run time the type is its name (prom-client's typings say an enum).
       const type = m.type as unknown as string;
       expect(fams.get(m.name)?.type, m.name).toBe(type);
-      if (type !== 'counter') continue;
+      // Counters of events are equal across two reads; usage counters grow with every running second.
+      if (type !== 'counter' || m.name.startsWith('kgate_usage_')) continue;
       for (const v of m.values) expect(value(fams, m.name, v.labels as Record<string, string>), `${m.name} ${JSON.stringify(v.labels)}`).toBe(v.value);
     }
 

@@ -212,6 +212,9 @@ describe('every route, answered as described', () => {
     expect((await call('GET', '/api/usage', { query: '?since=yesterday' })).status).toBe(400);
     expect((await call('GET', '/api', { token: null })).status).toBe(401);
     expect((await call('GET', '/api/kernels', { token: 'wrong' })).status).toBe(401);
+    // The probes answer without a credential (security: []).
+    expect((await call('GET', '/healthz', { token: null })).json).toEqual({ status: 'ok' });
+    expect((await call('GET', '/readyz', { token: null })).json).toEqual({ status: 'ok' });
   });
 
   it('kernelspecs: the list, one, ?user=, resources, and 404s', async () => {

@@ -96,7 +96,7 @@ describe('kernels', () => {
     expect(k.last_activity).toMatch(LAST_ACTIVITY);
     expect(['idle', 'starting', 'busy']).toContain(k.execution_state);
     expect(k.connections).toBe(0);
-    expect(Object.keys(k).sort()).toEqual(['connections', 'execution_state', 'id', 'last_activity', 'name']);
+    expect(Object.keys(k).sort()).toEqual(['connections', 'execution_state', 'id', 'kgate', 'last_activity', 'name']);
   });
 
   it('GET lists it and GET by id answers it', async () => {
@@ -155,7 +155,10 @@ describe('env', () => {
     });
     expect(r.status).toBe(201);
     const text = await r.text();
-    expect(text).not.toContain('alice');
+    // No env value comes back; the user it names is the kernel's owner, which kgate's member shows.
+    expect(text).not.toContain('x y');
+    expect(text).not.toContain('/evil');
+    expect((JSON.parse(text) as { kgate: { owner: string } }).kgate.owner).toBe('alice');
     const id = (JSON.parse(text) as KernelModel).id;
     const c = await KernelClient.connect(t, id);
     const m = c.execute("import os; print(os.environ.get('KERNEL_USERNAME'), os.environ.get('KERNEL_EXTRA'), os.environ.get('LD_PRELOAD'), os.environ.get('PATH') != '/evil')");
