@@ -26,8 +26,9 @@ if [ "$want_test" = 1 ]; then
   # The tests drive Debian's real clients and kernels (known versions), whatever else is
   # installed: ipykernel, jupyter server (--gateway-url and the benchmark's peer),
   # matplotlib (rich output), tornado's websocket client, Chromium for the demo page, and
-  # venv for the one PyPI tool (schemathesis, below).
-  for p in python3-ipykernel python3-jupyter-server python3-matplotlib python3-tornado chromium python3-venv; do
+  # venv for the one PyPI tool (schemathesis, below), and bubblewrap for the sandbox
+  # provisioner's tests.
+  for p in python3-ipykernel python3-jupyter-server python3-matplotlib python3-tornado chromium python3-venv bubblewrap; do
     dpkg -s "$p" >/dev/null 2>&1 || debs+=("$p")
   done
 else

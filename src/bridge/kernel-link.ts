@@ -170,7 +170,12 @@ export function channelUrl(c: ConnectionInfo, port: number): string {
   return c.transport === 'ipc' ? `ipc://${c.ip}-${port}` : `tcp://${c.ip.includes(':') ? `[${c.ip}]` : c.ip}:${port}`;
 }
 
+/** The parent of a message about no request: an empty object. */
+const NO_PARENT = Buffer.from('{}');
+
 export class KernelLink {
+  /** The parent of the last `busy` status (a client's request the kernel works on), until `idle`. */
+  private busyWith: Buffer | undefined;
   readonly session = randomBytes(16).toString('hex');
   executionState: ExecutionState = 'starting';
   lastActivity = Date.now();
@@ -524,6 +529,14 @@ export class KernelLink {
   }
 
   /** Tells every client a state that did not come from the kernel (`restarting`, `dead`). */
+  /**
+   * A line of stderr output to every client (why the kernel died, say), on
+   * the output of the request the kernel was busy with, where it was.
+   */
+  broadcastNotice(text: string): void {
+    this.notify(text, this.busyWith ?? NO_PARENT);
+  }
+
   broadcastStatus(state: ExecutionState): void {
     this.executionState = state;
     const { parts } = makeMessage('status', { execution_state: state }, this.session);
@@ -694,6 +707,8 @@ export class KernelLink {
       if (s === 'starting' && this.ready) return;
       this.lastActivity = Date.now();
       if (s === 'idle' || s === 'busy' || s === 'starting') this.executionState = s;
+      // The request the kernel is busy with: a notice about its death goes on that cell's output.
+      this.busyWith = s === 'busy' ? m.parent : undefined;
     } catch {
       this.dropped.malformed++;
       this.publishDrop('malformed');

@@ -7,6 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { STATUS_CODES, type ServerOptions } from 'node:http';
 import type { Socket } from 'node:net';
+import { resolve } from 'node:path';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
@@ -25,6 +26,7 @@ import { events } from '../events.js';
 import { startMetering } from '../metering.js';
 import { GatewayMetrics } from '../metrics.js';
 import { localProvisionerFactory } from '../provisioner/local.js';
+import { sandboxProvisionerFactory } from '../provisioner/sandbox.js';
 import { ProvisionerRegistry } from '../provisioner/registry.js';
 import type { ProvisionerFactory } from '../provisioner/types.js';
 import type { Principal } from '../principal.js';
@@ -206,8 +208,16 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
   const specs = new KernelSpecStore(specDirs, config.defaultKernelName, (dir, reason) => log.warn({ dir, reason }, 'skipped an unreadable kernelspec'));
   await specs.refresh(true);
   // An override with a built-in's name replaces it (the registry keeps the last factory of a name).
+  // What a sandboxed kernel never sees, even inside a directory bound into it: kgate's own state and secrets.
+  const hide = [config.stateDir, config.runtimeDir, config.tokenFile, config.jwtSecretFile, config.jwksFile, config.authTokenFile, config.policy, config.auditLog].filter(
+    (p): p is string => p !== undefined,
+  );
   const provisioners = new ProvisionerRegistry(
-    [localProvisionerFactory({ runtimeDir: config.runtimeDir, ip: '127.0.0.1', scrubEnv }), ...(overrides.provisioners ?? [])],
+    [
+      localProvisionerFactory({ runtimeDir: config.runtimeDir, ip: '127.0.0.1', scrubEnv }),
+      sandboxProvisionerFactory({ hide: hide.map((p) => resolve(p)) }),
+      ...(overrides.provisioners ?? []),
+    ],
     'local',
     log,
   );

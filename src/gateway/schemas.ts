@@ -96,6 +96,10 @@ export const kernelModel = z
           .object({ cpu: z.number().optional(), memory: z.number().optional().describe('bytes'), extended: z.record(z.string(), z.number()).optional() })
           .describe('what it reserved'),
         progress: z.enum(['scheduling', 'pulling', 'starting', 'connecting']).optional().describe("the launch's last phase, while starting or restarting"),
+        last_death: z
+          .object({ reason: z.enum(['out_of_memory', 'died']), message: z.string(), at: jupyterDate })
+          .optional()
+          .describe('how the kernel last died, once it has: out_of_memory when its memory limit killed it'),
       })
       .describe("kgate's own member, which clients that do not know it ignore; never the kernel's key, env or connection"),
   })

@@ -49,6 +49,8 @@ export interface KgateKernelModel {
   resources: ResourceRequest;
   /** The launch's last phase, while starting or restarting. */
   progress?: LaunchPhase;
+  /** How the kernel last died, when it has: `out_of_memory` when its memory limit killed it (a sandbox's cgroup saw it). */
+  last_death?: { reason: 'out_of_memory' | 'died'; message: string; at: string };
 }
 
 /**
@@ -189,6 +191,7 @@ export class KernelSupervisor {
   private readonly log: Logger;
   /** The current launch's last phase (progress()), for the model while it starts. */
   private launchPhase: LaunchPhase | undefined;
+  private lastDeath: KgateKernelModel['last_death'];
 
   constructor(
     init: SupervisorInit,
@@ -248,6 +251,7 @@ export class KernelSupervisor {
         started: jupyterDate(this.createdAt),
         resources: { ...this.resources, ...(this.resources.extended ? { extended: { ...this.resources.extended } } : {}) },
         ...((this.state === 'starting' || this.state === 'restarting') && this.launchPhase ? { progress: this.launchPhase } : {}),
+        ...(this.lastDeath ? { last_death: { ...this.lastDeath } } : {}),
       },
     };
   }
@@ -434,7 +438,12 @@ export class KernelSupervisor {
       this.heartbeatUrl = url;
     }
     this.heartbeat.start();
-    void this.provisioner.exited().then((code) => this.onDeath(generation, `process exited with code ${code}`));
+    void this.provisioner.exited().then((code) => {
+      // Read as the process ends: a provisioner that can tell (a sandbox's cgroup) says whether its memory limit killed it.
+      const exit = this.provisioner.lastExit?.();
+      if (exit?.reason === 'out_of_memory') void this.onDeath(generation, exit.detail ?? 'the kernel was killed: it reached its memory limit', 'out_of_memory');
+      else void this.onDeath(generation, `process exited with code ${code}`);
+    });
   }
 
   /** Stops watching the process (heartbeat) and asking an adopted kernel whether it answers. */
@@ -644,8 +653,11 @@ export class KernelSupervisor {
    * that dies while it starts is one failed attempt, and the next one follows
    * after the backoff.
    */
-  private async onDeath(generation: number, why: string): Promise<void> {
+  private async onDeath(generation: number, why: string, reason: 'out_of_memory' | 'died' = 'died'): Promise<void> {
     if (this.generation !== generation || this.state !== 'running') return;
+    this.lastDeath = { reason, message: why, at: jupyterDate(Date.now()) };
+    // Its clients are told why, in the output of whatever they ran: a kernel killed for memory is not a mystery exit.
+    if (reason === 'out_of_memory') this.link?.broadcastNotice(`kgate: ${why}; it is being restarted (its variables are lost)\n`);
     if (!(await this.host.stillRecorded(this))) {
       // Another gateway process on the state dir shut it down.
       this.forget('kernel shut down');

@@ -6,6 +6,7 @@
 import type { Logger } from 'pino';
 import { kernelStartFailed } from '../errors.js';
 import { provisionerMetadata, type KernelSpec, type Provisioner, type ProvisionerFactory } from './types.js';
+import { sandboxProvisionerFactory } from './sandbox.js';
 
 /** jupyter_client's names for the same thing. */
 const ALIASES: Record<string, string> = { 'local-provisioner': 'local' };
@@ -18,7 +19,8 @@ export class ProvisionerRegistry {
     private readonly defaultName: string,
     private readonly log: Logger,
   ) {
-    for (const f of factories) this.factories.set(f.name, f);
+    // Built in, before the given ones (a factory of the same name replaces it): the gateway may pass one configured with its own paths to hide.
+    for (const f of [sandboxProvisionerFactory(), ...factories]) this.factories.set(f.name, f);
   }
 
   nameFor(spec: KernelSpec): string {

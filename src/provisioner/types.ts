@@ -148,6 +148,13 @@ export class KernelExited extends Error {
   }
 }
 
+/** How a kernel's process ended: `out_of_memory` when its memory limit's OOM killer ended it; `detail` is for the user (the limit, in words). */
+export interface KernelExit {
+  code: number;
+  reason: 'out_of_memory' | 'exited';
+  detail?: string;
+}
+
 /** What a provisioner records about a kernel: JSON-serialisable, without the key. */
 export type ProvisionerInfo = { provisioner: string } & Record<string, unknown>;
 
@@ -182,6 +189,8 @@ export interface Provisioner {
   diagnostics(): string;
   /** Last-moment synchronous kill, from `process.on('exit')`, where it can be done. */
   killNow?(): void;
+  /** How the kernel's last process to end ended, where the provisioner can tell (a cgroup saw its memory limit kill it); `undefined` until one has, or when unknown. */
+  lastExit?(): KernelExit | undefined;
   getInfo(): ProvisionerInfo;
   loadInfo(info: ProvisionerInfo): Promise<void>;
 }
