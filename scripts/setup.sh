@@ -26,9 +26,11 @@ if [ "$want_test" = 1 ]; then
   # The tests drive Debian's real clients and kernels (known versions), whatever else is
   # installed: ipykernel, jupyter server (--gateway-url and the benchmark's peer),
   # matplotlib (rich output), tornado's websocket client, Chromium for the demo page, and
-  # venv for the one PyPI tool (schemathesis, below), and bubblewrap for the sandbox
-  # provisioner's tests.
-  for p in python3-ipykernel python3-jupyter-server python3-matplotlib python3-tornado chromium python3-venv bubblewrap; do
+  # venv for the one PyPI tool (schemathesis, below), bubblewrap for the sandbox
+  # provisioner's tests, and podman, runc, catatonit (podman's --init, only recommended)
+  # and debootstrap for the container provisioner's (its image is built below, from
+  # Debian's packages).
+  for p in python3-ipykernel python3-jupyter-server python3-matplotlib python3-tornado chromium python3-venv bubblewrap podman runc catatonit debootstrap; do
     dpkg -s "$p" >/dev/null 2>&1 || debs+=("$p")
   done
 else
@@ -52,6 +54,16 @@ if [ "$want_test" = 1 ] && [ "$(.venv-test/bin/schemathesis --version 2>/dev/nul
   echo "kgate setup: installing $SCHEMATHESIS into .venv-test" >&2
   python3 -m venv .venv-test
   .venv-test/bin/pip install -q --disable-pip-version-check "$SCHEMATHESIS" >&2
+fi
+
+# The container provisioner's test image (localhost/kgate-kernel-python3:bookworm), built
+# offline from Debian's packages; a no-op when it exists. Needs root (debootstrap, chroot).
+if [ "$want_test" = 1 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    scripts/build-kernel-image.sh
+  else
+    sudo scripts/build-kernel-image.sh
+  fi
 fi
 
 echo "kgate setup: installing npm packages and building" >&2

@@ -13,7 +13,7 @@ import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { KgateError, kernelStartFailed } from '../errors.js';
-import { isProcessAlive } from './process-alive.js';
+import { exitsWithin, isProcessAlive } from './process-alive.js';
 import {
   KernelExited,
   type ConnectionInfo,
@@ -253,16 +253,8 @@ export class LocalProvisioner implements Provisioner {
     return this.exitPromise;
   }
 
-  async wait(timeoutMs: number): Promise<boolean> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<false>((resolve) => {
-      timer = setTimeout(resolve, timeoutMs, false);
-    });
-    try {
-      return await Promise.race([this.exitPromise.then(() => true), timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
+  wait(timeoutMs: number): Promise<boolean> {
+    return exitsWithin(this.exitPromise, timeoutMs);
   }
 
   async sendSignal(signal: NodeJS.Signals): Promise<void> {

@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { kernelStartFailed } from '../errors.js';
 import { provisionerMetadata, type KernelSpec, type Provisioner, type ProvisionerFactory } from './types.js';
 import { sandboxProvisionerFactory } from './sandbox.js';
+import { containerProvisionerFactory } from './container.js';
 
 /** jupyter_client's names for the same thing. */
 const ALIASES: Record<string, string> = { 'local-provisioner': 'local' };
@@ -20,7 +21,7 @@ export class ProvisionerRegistry {
     private readonly log: Logger,
   ) {
     // Built in, before the given ones (a factory of the same name replaces it): the gateway may pass one configured with its own paths to hide.
-    for (const f of [sandboxProvisionerFactory(), ...factories]) this.factories.set(f.name, f);
+    for (const f of [sandboxProvisionerFactory(), containerProvisionerFactory(), ...factories]) this.factories.set(f.name, f);
   }
 
   nameFor(spec: KernelSpec): string {

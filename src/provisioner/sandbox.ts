@@ -31,7 +31,7 @@ import { KgateError, kernelStartFailed } from '../errors.js';
 import { formatMemory } from '../kernels/quantity.js';
 import { addProcess, cgroupProcs, createCgroup, isKernelCgroupDir, oomKills, removeCgroup, type KernelCgroup } from './cgroups.js';
 import { formatArgv, privateHomeEnv } from './local.js';
-import { isProcessAlive } from './process-alive.js';
+import { exitsWithin, isProcessAlive } from './process-alive.js';
 import {
   type ConnectionInfo,
   type KernelExit,
@@ -382,16 +382,8 @@ export class SandboxProvisioner implements Provisioner {
     return this.exitPromise;
   }
 
-  async wait(timeoutMs: number): Promise<boolean> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<false>((done) => {
-      timer = setTimeout(done, timeoutMs, false);
-    });
-    try {
-      return await Promise.race([this.exitPromise.then(() => true), timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
+  wait(timeoutMs: number): Promise<boolean> {
+    return exitsWithin(this.exitPromise, timeoutMs);
   }
 
   /**
