@@ -21,6 +21,11 @@ has_python_kernelspec() {
   return 1
 }
 
+# Installed, not merely known to dpkg: a package removed but not purged still answers `dpkg -s`.
+installed() {
+  [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
+}
+
 debs=()
 if [ "$want_test" = 1 ]; then
   # The tests drive Debian's real clients and kernels (known versions), whatever else is
@@ -31,12 +36,12 @@ if [ "$want_test" = 1 ]; then
   # and debootstrap for the container provisioner's (its image is built below, from
   # Debian's packages).
   for p in python3-ipykernel python3-jupyter-server python3-matplotlib python3-tornado chromium python3-venv bubblewrap podman runc catatonit debootstrap; do
-    dpkg -s "$p" >/dev/null 2>&1 || debs+=("$p")
+    installed "$p" || debs+=("$p")
   done
 else
   has_python_kernelspec || debs+=(python3-ipykernel)
   # The demo page that quickstart.sh serves draws a plot.
-  dpkg -s python3-matplotlib >/dev/null 2>&1 || debs+=(python3-matplotlib)
+  installed python3-matplotlib || debs+=(python3-matplotlib)
 fi
 
 if [ ${#debs[@]} -gt 0 ]; then
