@@ -22,7 +22,7 @@
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
-import { chmod, chown, lstat, mkdir, rm, writeFile } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
@@ -30,6 +30,7 @@ import { KgateError, kernelStartFailed } from '../errors.js';
 import { formatMemory } from '../kernels/quantity.js';
 import { cgroupVersion, createCgroup, isKernelCgroupDir, oomKills, removeCgroup, CGROUP_PREFIX, type KernelCgroup } from './cgroups.js';
 import { formatArgv, privateHomeEnv } from './local.js';
+import { ensureBaseDir, ipcConnection, KERNEL_DIR, writeKernelDir } from './kernel-dir.js';
 import { isProcessAlive, exitsWithin } from './process-alive.js';
 import type { ConnectionInfo, KernelExit, LaunchContext, LaunchRequest, Provisioner, ProvisionerCapabilities, ProvisionerFactory, ProvisionerInfo } from './types.js';
 
@@ -56,10 +57,8 @@ interface SpecConfig {
 
 const PODMAN = '/usr/bin/podman';
 const DEFAULT_PIDS = 256;
-const KDIR = '/run/kgate';
 const HOME = '/home/kernel';
 const INNER_ID = 1000;
-const IPC_PATH_MAX = 107;
 const STDERR_TAIL_BYTES = 4096;
 const ABANDON_WAIT_MS = 5000;
 /** How long a podman command may take (a `run` creates the container's storage; a pull is bounded by the launch timeout instead). */
@@ -69,7 +68,6 @@ const PODMAN_TIMEOUT_MS = 60_000;
 const EXIT_POLL_MS = 200;
 const EXIT_RECORD_ROUNDS = 25;
 const PEAK_SLACK_BYTES = 64 * 1024;
-const IPC_PORTS = { shell_port: 1, iopub_port: 2, stdin_port: 3, control_port: 4, hb_port: 5 } as const;
 /**
  * Rootful podman as it works on a cgroup v1 host without systemd: the
  * cgroupfs manager, runc, events to a file (no journald).
@@ -194,11 +192,7 @@ export class ContainerProvisioner implements Provisioner {
   }
 
   private async ensureBase(): Promise<void> {
-    await mkdir(this.baseDir, { recursive: true, mode: 0o711 });
-    const base = await lstat(this.baseDir);
-    if (!base.isDirectory() || base.uid !== (process.getuid?.() ?? base.uid))
-      throw kernelStartFailed(`the container base directory ${this.baseDir} is not a directory of kgate's user`);
-    await chmod(this.baseDir, 0o711);
+    await ensureBaseDir(this.baseDir, 'container');
     const conf = join(this.baseDir, 'containers.conf');
     let current = '';
     try {
@@ -221,11 +215,7 @@ export class ContainerProvisioner implements Provisioner {
     this.image = spec.image;
     this.stopTimeout = spec.stopTimeout;
     this.dir = join(this.baseDir, req.kernelId);
-    const hostIp = join(this.dir, 'k');
-    if (Buffer.byteLength(`${hostIp}-${IPC_PORTS.hb_port}`) > IPC_PATH_MAX) {
-      throw kernelStartFailed(`the container's ipc sockets would be longer than ${IPC_PATH_MAX} bytes under ${this.baseDir}: give the provisioner a shorter base directory`);
-    }
-    const conn: ConnectionInfo = req.reuse ?? { transport: 'ipc', ip: hostIp, ...IPC_PORTS, key: req.key, signature_scheme: 'hmac-sha256', kernel_name: req.spec.name };
+    const conn = ipcConnection(req, this.dir, 'container');
     this.containerId = undefined;
     this.exitCode = undefined;
     this.killSent = false;
@@ -234,7 +224,7 @@ export class ContainerProvisioner implements Provisioner {
       sweepOnce(this);
       await this.ensureImage(spec, ctx);
       signal.throwIfAborted();
-      await this.prepareDir(conn);
+      await writeKernelDir(this.dir, conn, { uid: INNER_ID, gid: INNER_ID }, 'container');
       signal.throwIfAborted();
       this.memoryLimit = req.resources.memory;
       this.oomParent(req);
@@ -269,21 +259,6 @@ export class ContainerProvisioner implements Provisioner {
     const pulled = await this.run(['pull', '--quiet', spec.image], { signal: ctx.signal, timeoutMs: 0 });
     ctx.signal.throwIfAborted();
     if (pulled.code !== 0) throw kernelStartFailed(`the kernel image ${spec.image} could not be pulled: ${pulled.stderr.trim().slice(-500)}`);
-  }
-
-  /** The kernel's directory (the container user's, 0700) and a fresh connection file in it, written exclusively (the kernel can write there). */
-  private async prepareDir(conn: ConnectionInfo): Promise<void> {
-    const dir = this.dir!;
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    const st = await lstat(dir);
-    if (!st.isDirectory()) throw kernelStartFailed(`the container's kernel directory ${dir} is not a directory`);
-    const file = join(dir, 'connection.json');
-    await rm(file, { force: true });
-    await writeFile(file, JSON.stringify({ ...conn, ip: `${KDIR}/k` }), { mode: 0o600, flag: 'wx' });
-    if (process.getuid?.() === 0) {
-      await chown(dir, INNER_ID, INNER_ID);
-      await chown(file, INNER_ID, INNER_ID);
-    }
   }
 
   /**
@@ -367,7 +342,7 @@ export class ContainerProvisioner implements Provisioner {
     a.push(`--user=${INNER_ID}:${INNER_ID}`, `--workdir=${HOME}`, '--log-driver=k8s-file', '--log-opt=max-size=1mb');
     const size = req.resources.memory ? `,size=${req.resources.memory}` : '';
     a.push(`--tmpfs=/tmp:rw,nosuid,nodev,mode=1777${size}`, `--tmpfs=${HOME}:rw,nosuid,nodev,mode=0700,U${size}`);
-    a.push(`--mount=type=bind,source=${this.dir!},destination=${KDIR}`);
+    a.push(`--mount=type=bind,source=${this.dir!},destination=${KERNEL_DIR}`);
     a.push(`--pids-limit=${spec.pids}`);
     if (this.cgroup) a.push(`--cgroup-parent=/${CGROUP_PREFIX}${req.kernelId}`);
     else if (req.resources.memory) a.push(`--memory=${req.resources.memory}`, `--memory-swap=${req.resources.memory}`);
@@ -381,7 +356,7 @@ export class ContainerProvisioner implements Provisioner {
   }
 
   private async create(req: LaunchRequest, spec: SpecConfig, signal: AbortSignal): Promise<void> {
-    const argv = formatArgv(req.spec.spec.argv, { connection_file: `${KDIR}/connection.json`, resource_dir: req.spec.resourceDir });
+    const argv = formatArgv(req.spec.spec.argv, { connection_file: `${KERNEL_DIR}/connection.json`, resource_dir: req.spec.resourceDir });
     if (argv.length === 0) throw kernelStartFailed(`kernelspec ${req.spec.name} has an empty argv`);
     if (this.dir!.includes(',')) throw kernelStartFailed(`the container base directory ${this.baseDir} must not hold a comma (podman's --mount syntax)`);
     this.stderrTail = '';

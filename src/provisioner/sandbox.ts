@@ -23,7 +23,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, lstatSync, readFileSync, readlinkSync, statSync } from 'node:fs';
-import { chmod, chown, lstat, mkdir, rm, writeFile } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
@@ -31,6 +31,7 @@ import { KgateError, kernelStartFailed } from '../errors.js';
 import { formatMemory } from '../kernels/quantity.js';
 import { addProcess, cgroupProcs, createCgroup, isKernelCgroupDir, oomKills, removeCgroup, type KernelCgroup } from './cgroups.js';
 import { formatArgv, privateHomeEnv } from './local.js';
+import { ensureBaseDir, ipcConnection, KERNEL_DIR, writeKernelDir } from './kernel-dir.js';
 import { exitsWithin, isProcessAlive } from './process-alive.js';
 import {
   type ConnectionInfo,
@@ -68,17 +69,12 @@ interface SpecConfig {
 
 const BWRAP = '/usr/bin/bwrap';
 const DEFAULT_PIDS = 256;
-/** Inside the sandbox: the kernel's own directory, its home, its user. */
-const KDIR = '/run/kgate';
+/** Inside the sandbox: the kernel's home, its user. */
 const HOME = '/home/kernel';
 const INNER_ID = 1000;
 const NOBODY = 65534;
-/** ZeroMQ's ipc path limit is the socket address's 108 bytes, less its NUL. */
-const IPC_PATH_MAX = 107;
 const STDERR_TAIL_BYTES = 4096;
 const ABANDON_WAIT_MS = 2000;
-/** The channels' ipc "ports": ipykernel binds `{ip}-{port}`. */
-const IPC_PORTS = { shell_port: 1, iopub_port: 2, stdin_port: 3, control_port: 4, hb_port: 5 } as const;
 
 /**
  * What of the host's /etc a Python kernel needs: the dynamic loader's cache,
@@ -201,11 +197,7 @@ export class SandboxProvisioner implements Provisioner {
     signal.throwIfAborted();
     const spec = sandboxSpecConfig(req.spec.name, req.config, { pids: this.config.pids ?? DEFAULT_PIDS });
     this.dir = join(this.baseDir, req.kernelId);
-    const hostIp = join(this.dir, 'k');
-    if (Buffer.byteLength(`${hostIp}-${IPC_PORTS.hb_port}`) > IPC_PATH_MAX) {
-      throw kernelStartFailed(`the sandbox's ipc sockets would be longer than ${IPC_PATH_MAX} bytes under ${this.baseDir}: give the sandbox a shorter base directory`);
-    }
-    const conn: ConnectionInfo = req.reuse ?? { transport: 'ipc', ip: hostIp, ...IPC_PORTS, key: req.key, signature_scheme: 'hmac-sha256', kernel_name: req.spec.name };
+    const conn = ipcConnection(req, this.dir, 'sandbox');
     this.child = undefined;
     this.pid = undefined;
     try {
@@ -237,24 +229,8 @@ export class SandboxProvisioner implements Provisioner {
 
   /** The base (0711) and the kernel's directory (the sandbox user's, 0700), and a fresh connection file in it, written exclusively. */
   private async prepareDir(conn: ConnectionInfo): Promise<void> {
-    const dir = this.dir!;
-    await mkdir(this.baseDir, { recursive: true, mode: 0o711 });
-    const base = await lstat(this.baseDir);
-    if (!base.isDirectory() || base.uid !== (process.getuid?.() ?? base.uid))
-      throw kernelStartFailed(`the sandbox base directory ${this.baseDir} is not a directory of kgate's user`);
-    await chmod(this.baseDir, 0o711);
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    const st = await lstat(dir);
-    if (!st.isDirectory()) throw kernelStartFailed(`the sandbox's kernel directory ${dir} is not a directory`);
-    // The kernel may have left anything in its directory: the old file (or a symlink in its place) goes first, then O_EXCL.
-    const file = join(dir, 'connection.json');
-    await rm(file, { force: true });
-    const inside: ConnectionInfo = { ...conn, ip: `${KDIR}/k` };
-    await writeFile(file, JSON.stringify(inside), { mode: 0o600, flag: 'wx' });
-    if (process.getuid?.() === 0) {
-      await chown(dir, this.runAs.uid, this.runAs.gid);
-      await chown(file, this.runAs.uid, this.runAs.gid);
-    }
+    await ensureBaseDir(this.baseDir, 'sandbox');
+    await writeKernelDir(this.dir!, conn, this.runAs, 'sandbox');
   }
 
   /** bwrap's arguments: paths only from the operator (kernelspec, gateway) or validated by the gateway (the working dir), each after its option. */
@@ -288,7 +264,7 @@ export class SandboxProvisioner implements Provisioner {
         throw kernelStartFailed(`kernelspec ${req.spec.name}: the sandbox would bind ${bound.find((b) => isUnder(b, h))}, which holds kgate's ${h}`);
       a.push(...(statSync(h).isDirectory() ? ['--tmpfs', resolve(h)] : ['--ro-bind', '/dev/null', resolve(h)]));
     }
-    a.push('--bind', this.dir!, KDIR, '--remount-ro', '/', '--chdir', chdir);
+    a.push('--bind', this.dir!, KERNEL_DIR, '--remount-ro', '/', '--chdir', chdir);
     return a;
   }
 
@@ -303,7 +279,7 @@ export class SandboxProvisioner implements Provisioner {
   }
 
   private async spawn(req: LaunchRequest, spec: SpecConfig): Promise<void> {
-    const argv = formatArgv(req.spec.spec.argv, { connection_file: `${KDIR}/connection.json`, resource_dir: req.spec.resourceDir });
+    const argv = formatArgv(req.spec.spec.argv, { connection_file: `${KERNEL_DIR}/connection.json`, resource_dir: req.spec.resourceDir });
     if (argv.length === 0) throw kernelStartFailed(`kernelspec ${req.spec.name} has an empty argv`);
     const args = this.bwrapArgs(req, spec);
     const bwrap = this.config.bwrap ?? BWRAP;

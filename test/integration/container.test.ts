@@ -26,6 +26,7 @@ import { createLogger } from '../../src/log.js';
 import { KernelClient, gatewayClient, interruptUntilReplied, startGateway, stdout, type GatewayClient, type TestGateway } from '../helpers/gateway.js';
 import { startKgate, type Running } from '../helpers/kgate-process.js';
 import { until } from '../helpers/wait.js';
+import { CONNECT, FORK_BOMB, ok, PROBE, run, WRITE } from '../helpers/kernel-attacks.js';
 
 const IMAGE = 'localhost/kgate-kernel-python3:bookworm';
 const PODMAN = '/usr/bin/podman';
@@ -127,40 +128,6 @@ afterAll(async () => {
   if (lines.length > 0) console.log(`kernel start time (POST /api/kernels until it answers):\n${lines.join('\n')}`);
 });
 
-async function run(c: KernelClient, code: string, timeoutMs = 30_000): Promise<{ status: string; out: string; reply: Record<string, unknown> }> {
-  const m = c.execute(code);
-  const r = await c.reply(m, timeoutMs);
-  return { status: r.content['status'] as string, out: stdout(c.outputs(m)).trim(), reply: r.content };
-}
-
-async function ok(c: KernelClient, code: string): Promise<string> {
-  const r = await run(c, code);
-  expect(r.status, JSON.stringify(r.reply)).toBe('ok');
-  return r.out;
-}
-
-const PROBE = (path: string): string => `import os
-p = ${JSON.stringify(path)}
-try:
-    print('listed:' + ','.join(sorted(os.listdir(p))) if os.path.isdir(p) else 'read:' + open(p).read()[:20])
-except Exception as e:
-    print('refused:' + type(e).__name__)`;
-
-const WRITE = (path: string): string => `try:
-    open(${JSON.stringify(path)}, 'w').write('x')
-    print('written')
-except Exception as e:
-    print('refused:' + type(e).__name__ + ':' + str(getattr(e, 'errno', '')))`;
-
-const CONNECT = (host: string, port: number): string => `import socket, errno
-s = socket.socket()
-s.settimeout(3)
-try:
-    s.connect((${JSON.stringify(host)}, ${port}))
-    print('connected')
-except OSError as e:
-    print('refused:' + (errno.errorcode.get(e.errno, '') or type(e).__name__))`;
-
 describe('registry', () => {
   it('a kernelspec naming provisioner_name: container gets the built-in container provisioner', () => {
     const reg = new ProvisionerRegistry([], 'local', createLogger('silent'));
@@ -257,21 +224,7 @@ describe('container provisioner: a real ipykernel in podman', () => {
     expect(containersOf(a)).not.toEqual(before);
 
     // A fork bomb: bounded by the pids limit; kgate and the other kernel go on.
-    const bomb = await run(
-      cb,
-      `import os, time
-n = 0
-try:
-    while n < 100000:
-        if os.fork() == 0:
-            time.sleep(60)
-            os._exit(0)
-        n += 1
-    print('unbounded', n)
-except OSError as e:
-    print('stopped', n, type(e).__name__)`,
-      60_000,
-    );
+    const bomb = await run(cb, FORK_BOMB, 60_000);
     expect(bomb.out).toMatch(/^stopped \d+ BlockingIOError$/);
     expect(Number(bomb.out.split(' ')[1])).toBeLessThan(PIDS);
     table.push({ attack: `fork bomb (pids limit ${PIDS})`, outcome: `${bomb.out}; the kernel survives` });

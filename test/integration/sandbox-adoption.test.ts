@@ -16,6 +16,7 @@ import { CGROUP_PREFIX } from '../../src/provisioner/cgroups.js';
 import { gatewayClient, KernelClient, stdout, type GatewayClient } from '../helpers/gateway.js';
 import { startKgate, type Running } from '../helpers/kgate-process.js';
 import { processesMatching } from '../helpers/procs.js';
+import { cgroupDirsNamed, kernelCgroupDirs } from '../helpers/provisioner-specs.js';
 
 const TOKEN = 'sandbox-adoption-token';
 const dir = realpathSync(mkdtempSync(join(tmpdir(), 'kgate-sba-')));
@@ -53,39 +54,18 @@ afterAll(async () => {
   // What a gateway killed without a state dir leaves: the kernel's empty cgroup and its directory (nothing records them).
   await new Promise((r) => setTimeout(r, 200));
   for (const id of started) {
-    for (const d of cgroupsOf(id)) rmdirSync(d);
+    for (const d of kernelCgroupDirs(id)) rmdirSync(d);
     rmSync(join(BASE, id), { recursive: true, force: true });
   }
 });
+
+/** Every kernel cgroup on the host, sorted (what a run leaves behind is compared before and after). */
+const allKernelCgroups = (): string[] => cgroupDirsNamed((name) => name.startsWith(CGROUP_PREFIX)).sort();
 
 async function kgate(): Promise<Running & { t: GatewayClient }> {
   const k = await startKgate(['--port', '0', '--auth-token', TOKEN, '--state-dir', stateDir, '--runtime-dir', runtimeDir, '--kernelspec-dir', specDir]);
   running.push(k);
   return { ...k, t: gatewayClient(k.url, TOKEN) };
-}
-
-function cgroupsOf(id: string): string[] {
-  return allKernelCgroups().filter((d) => d.endsWith(`/${CGROUP_PREFIX}${id}`));
-}
-
-function allKernelCgroups(): string[] {
-  const out: string[] = [];
-  const walk = (d: string, depth: number): void => {
-    if (depth > 6) return;
-    let entries;
-    try {
-      entries = readdirSync(d, { withFileTypes: true });
-    } catch {
-      return;
-    }
-    for (const e of entries) {
-      if (!e.isDirectory()) continue;
-      if (e.name.startsWith(CGROUP_PREFIX)) out.push(join(d, e.name));
-      else walk(join(d, e.name), depth + 1);
-    }
-  };
-  walk('/sys/fs/cgroup', 0);
-  return out.sort();
 }
 
 async function run(c: KernelClient, code: string): Promise<string> {
@@ -113,12 +93,12 @@ describe('sandbox provisioner: adoption after kill -9, and a failed launch', () 
     expect(processesMatching(join(BASE, a))).toEqual(pidsA);
     for (const pid of processesMatching(join(BASE, dead))) process.kill(pid, 'SIGKILL');
     await new Promise((r) => setTimeout(r, 300));
-    expect(cgroupsOf(dead).length).toBeGreaterThan(0);
+    expect(kernelCgroupDirs(dead).length).toBeGreaterThan(0);
 
     const second = await kgate();
     const listed = ((await (await second.t.api('api/kernels')).json()) as Array<{ id: string }>).map((k) => k.id);
     expect(listed).toEqual([a]);
-    expect(cgroupsOf(dead)).toEqual([]);
+    expect(kernelCgroupDirs(dead)).toEqual([]);
     expect(existsSync(join(BASE, dead))).toBe(false);
     const c2 = await KernelClient.connect(second.t, a);
     expect(await run(c2, 'print(x)')).toBe('42');
@@ -127,7 +107,7 @@ describe('sandbox provisioner: adoption after kill -9, and a failed launch', () 
 
     expect((await second.t.api(`api/kernels/${a}`, { method: 'DELETE' })).status).toBe(204);
     expect(processesMatching(join(BASE, a))).toEqual([]);
-    expect(cgroupsOf(a)).toEqual([]);
+    expect(kernelCgroupDirs(a)).toEqual([]);
     expect(existsSync(join(BASE, a))).toBe(false);
 
     // An argv the sandbox cannot run: bwrap's own error, in a clear start failure, and nothing left.

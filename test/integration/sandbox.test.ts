@@ -17,12 +17,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ProvisionerRegistry } from '../../src/provisioner/registry.js';
-import { CGROUP_PREFIX } from '../../src/provisioner/cgroups.js';
 import { sandboxProvisionerFactory } from '../../src/provisioner/sandbox.js';
 import { createLogger } from '../../src/log.js';
 import { KernelClient, interruptUntilReplied, startGateway, stdout, type TestGateway } from '../helpers/gateway.js';
 import { processesMatching } from '../helpers/procs.js';
 import { until } from '../helpers/wait.js';
+import { kernelCgroupDirs } from '../helpers/provisioner-specs.js';
+import { CONNECT, FORK_BOMB, ok, PROBE, run, WRITE } from '../helpers/kernel-attacks.js';
 
 const BWRAP = '/usr/bin/bwrap';
 const dir = realpathSync(mkdtempSync(join(tmpdir(), 'kgate-sb-')));
@@ -91,61 +92,6 @@ afterAll(async () => {
   if (table.length > 0) console.log(`sandbox attacks:\n${table.map((r) => `  ${r.attack.padEnd(52)} ${r.outcome}`).join('\n')}`);
 });
 
-async function run(c: KernelClient, code: string, timeoutMs = 30_000): Promise<{ status: string; out: string; reply: Record<string, unknown> }> {
-  const m = c.execute(code);
-  const r = await c.reply(m, timeoutMs);
-  return { status: r.content['status'] as string, out: stdout(c.outputs(m)).trim(), reply: r.content };
-}
-
-async function ok(c: KernelClient, code: string): Promise<string> {
-  const r = await run(c, code);
-  expect(r.status, JSON.stringify(r.reply)).toBe('ok');
-  return r.out;
-}
-
-/** Every kernel cgroup directory of this gateway's kernels (v1: one per controller; v2: one). */
-function kernelCgroups(ids: string[]): string[] {
-  const found: string[] = [];
-  const walk = (d: string, depth: number): void => {
-    if (depth > 6) return;
-    let entries;
-    try {
-      entries = readdirSync(d, { withFileTypes: true });
-    } catch {
-      return;
-    }
-    for (const e of entries) {
-      if (!e.isDirectory()) continue;
-      if (e.name.startsWith(CGROUP_PREFIX) && ids.some((id) => e.name === CGROUP_PREFIX + id)) found.push(join(d, e.name));
-      else walk(join(d, e.name), depth + 1);
-    }
-  };
-  walk('/sys/fs/cgroup', 0);
-  return found;
-}
-
-const PROBE = (path: string): string => `import os
-p = ${JSON.stringify(path)}
-try:
-    print('listed:' + ','.join(sorted(os.listdir(p))) if os.path.isdir(p) else 'read:' + open(p).read()[:20])
-except Exception as e:
-    print('refused:' + type(e).__name__)`;
-
-const WRITE = (path: string): string => `try:
-    open(${JSON.stringify(path)}, 'w').write('x')
-    print('written')
-except Exception as e:
-    print('refused:' + type(e).__name__ + ':' + str(getattr(e, 'errno', '')))`;
-
-const CONNECT = (host: string, port: number): string => `import socket, errno
-s = socket.socket()
-s.settimeout(3)
-try:
-    s.connect((${JSON.stringify(host)}, ${port}))
-    print('connected')
-except OSError as e:
-    print('refused:' + (errno.errorcode.get(e.errno, '') or type(e).__name__))`;
-
 /** The stderr stream text of a run's output messages (kgate's own notices come this way). */
 function stderrOf(msgs: Array<{ header: { msg_type: string }; content: unknown }>): string {
   return msgs
@@ -178,7 +124,7 @@ describe('sandbox provisioner: a real ipykernel in bubblewrap', () => {
     const connB = t.gw.ctx.kernels.get(b).conn!;
     expect(connA.transport).toBe('ipc');
     expect(connA.ip).toBe(join(baseDir, a, 'k'));
-    expect(kernelCgroups(ids).length).toBeGreaterThan(0);
+    expect(ids.flatMap(kernelCgroupDirs).length).toBeGreaterThan(0);
 
     // Network: its own namespace has only a loopback, with nothing on it.
     const kgatePort = Number(new URL(t.url).port);
@@ -247,21 +193,7 @@ describe('sandbox provisioner: a real ipykernel in bubblewrap', () => {
     expect(t.gw.ctx.kernels.get(a).conn).toEqual(connA);
 
     // A fork bomb: bounded by the pids limit; kgate and the other kernel go on.
-    const bomb = await run(
-      cb,
-      `import os, time
-n = 0
-try:
-    while n < 100000:
-        if os.fork() == 0:
-            time.sleep(60)
-            os._exit(0)
-        n += 1
-    print('unbounded', n)
-except OSError as e:
-    print('stopped', n, type(e).__name__)`,
-      60_000,
-    );
+    const bomb = await run(cb, FORK_BOMB, 60_000);
     expect(bomb.out).toMatch(/^stopped \d+ BlockingIOError$/);
     expect(Number(bomb.out.split(' ')[1])).toBeLessThan(PIDS);
     table.push({ attack: `fork bomb (pids limit ${PIDS})`, outcome: `${bomb.out}; the kernel survives` });
@@ -293,7 +225,7 @@ except OSError as e:
     cb.close();
     for (const id of ids) expect((await t.api(`api/kernels/${id}`, { method: 'DELETE' })).status).toBe(204);
     expect(processesMatching(baseDir)).toEqual([]);
-    expect(kernelCgroups(ids)).toEqual([]);
+    expect(ids.flatMap(kernelCgroupDirs)).toEqual([]);
     expect(readdirSync(baseDir)).toEqual([]);
   }, 180_000);
 });

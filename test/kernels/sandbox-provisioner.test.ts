@@ -11,10 +11,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ErrorCodes } from '../../src/errors.js';
-import { CGROUP_PREFIX } from '../../src/provisioner/cgroups.js';
 import { FreePorts } from '../../src/provisioner/ports.js';
 import { SandboxProvisioner, sandboxSpecConfig } from '../../src/provisioner/sandbox.js';
 import type { LaunchContext, LaunchRequest } from '../../src/provisioner/types.js';
+import { kernelCgroupDirs } from '../helpers/provisioner-specs.js';
 
 const dir = realpathSync(mkdtempSync(join(tmpdir(), 'kgate-sbu-')));
 const baseDir = join(dir, 'sb');
@@ -41,26 +41,6 @@ const ctx: LaunchContext = {
   connect: () => Promise.reject(new Error('never reached')),
 };
 
-function cgroupsNamed(id: string): string[] {
-  const out: string[] = [];
-  const walk = (d: string, depth: number): void => {
-    if (depth > 6) return;
-    let entries;
-    try {
-      entries = readdirSync(d, { withFileTypes: true });
-    } catch {
-      return;
-    }
-    for (const e of entries) {
-      if (!e.isDirectory()) continue;
-      if (e.name === CGROUP_PREFIX + id) out.push(join(d, e.name));
-      else if (!e.name.startsWith(CGROUP_PREFIX)) walk(join(d, e.name), depth + 1);
-    }
-  };
-  walk('/sys/fs/cgroup', 0);
-  return out;
-}
-
 describe('sandbox provisioner: refusals', () => {
   it('a kernelspec config that is not valid is named, key by key', () => {
     let caught: unknown;
@@ -86,7 +66,7 @@ describe('sandbox provisioner: refusals', () => {
         code: ErrorCodes.KERNEL_START_FAILED,
         message: expect.stringMatching(why),
       });
-      expect(cgroupsNamed(id)).toEqual([]);
+      expect(kernelCgroupDirs(id)).toEqual([]);
       expect(readdirSync(baseDir)).toEqual([]);
     }
   });
