@@ -176,6 +176,8 @@ const NO_PARENT = Buffer.from('{}');
 export class KernelLink {
   /** The parent of the last `busy` status (a client's request the kernel works on), until `idle`. */
   private busyWith: Buffer | undefined;
+  /** The header of the last shell request a client sent: the one a kernel killed before it said `busy` was working on. */
+  private lastShellRequest: Buffer | undefined;
   readonly session = randomBytes(16).toString('hex');
   executionState: ExecutionState = 'starting';
   lastActivity = Date.now();
@@ -377,6 +379,7 @@ export class KernelLink {
     this.lastActivity = Date.now();
     outbox.push(toWire(from.identity, this.signer, parts), size, from);
     this.counts.countIn(channel, size);
+    if (channel === 'shell') this.lastShellRequest = parts.header;
     if (outbox.congested) {
       outbox.wait(from);
       return Input.Pause;
@@ -531,10 +534,12 @@ export class KernelLink {
   /** Tells every client a state that did not come from the kernel (`restarting`, `dead`). */
   /**
    * A line of stderr output to every client (why the kernel died, say), on
-   * the output of the request the kernel was busy with, where it was.
+   * the output of the request the kernel was busy with. A kernel killed at
+   * once by what a cell did may die before its `busy` status leaves it: then
+   * the request it was working on is the last one sent.
    */
   broadcastNotice(text: string): void {
-    this.notify(text, this.busyWith ?? NO_PARENT);
+    this.notify(text, this.busyWith ?? this.lastShellRequest ?? NO_PARENT);
   }
 
   broadcastStatus(state: ExecutionState): void {
