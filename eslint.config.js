@@ -6,7 +6,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'demo/dist/', 'node_modules/', 'test-artifacts/', 'bench/results/', '.venv-test/', '.cache/'] },
+  { ignores: ['dist/', 'demo/dist/', 'node_modules/', 'test-artifacts/', 'bench/results/', '.venv-test/', '.venv-peers/', '.cache/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -12,10 +12,10 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync }
 import { availableParallelism, cpus, tmpdir, totalmem } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { LETTERS, readConfig, SCENARIO_IDS, type RunConfig } from './lib/config.js';
-import { Lab } from './lib/lab.js';
+import { Lab, TARGETS } from './lib/lab.js';
 import { killEverything } from './lib/procs.js';
 import { checksText, Report } from './lib/report.js';
-import { KGATE_CLI, PYTHON, REPO } from './lib/servers.js';
+import { KGATE_CLI, PEERS_DIR, PYTHON, REPO } from './lib/servers.js';
 import { SCENARIOS } from './scenarios/index.js';
 import { errorText, runScenario, type Context } from './scenarios/types.js';
 
@@ -39,6 +39,14 @@ function machine(): Record<string, string | number> {
   );
   const zeromqJs = (JSON.parse(readFileSync(join(REPO, 'node_modules/zeromq/package.json'), 'utf8')) as { version: string }).version;
   const dirty = tryRun('git', ['-C', REPO, 'status', '--porcelain', 'src']) !== '';
+  // What scripts/setup-bench-peers.sh installed (its stamp: the pinned spec).
+  const peer = (name: string): string => {
+    try {
+      return readFileSync(join(PEERS_DIR, name, 'kgate-pin'), 'utf8').split(' ')[0] ?? 'unknown';
+    } catch {
+      return 'not installed';
+    }
+  };
   return {
     cpus: availableParallelism(),
     cpuModel: cpus()[0]?.model ?? 'unknown',
@@ -50,6 +58,7 @@ function machine(): Record<string, string | number> {
     pyzmq: py[2] ?? 'unknown',
     libzmq: py[3] ?? 'unknown',
     zeromqJs,
+    peers: ['jupyter-server', 'kernel-gateway', 'enterprise-gateway'].map(peer).join(', '),
     kgateCommit: `${tryRun('git', ['-C', REPO, 'rev-parse', '--short', 'HEAD'])}${dirty ? ' + uncommitted changes in src/' : ''}`,
     kgateBuilt: statSync(KGATE_CLI).mtime.toISOString(),
   };
@@ -57,7 +66,7 @@ function machine(): Record<string, string | number> {
 
 function outPath(cfg: RunConfig): string {
   if (cfg.out) return cfg.out;
-  const complete = cfg.scale === 'full' && cfg.scenarios.length === SCENARIO_IDS.length && cfg.targets.length === 7;
+  const complete = cfg.scale === 'full' && cfg.scenarios.length === SCENARIO_IDS.length && cfg.targets.length === TARGETS.length;
   return join(REPO, 'bench/results', complete ? 'latest.json' : 'last-run.json');
 }
 
@@ -82,7 +91,7 @@ async function main(): Promise<void> {
   console.log(`kgate benchmark, scale ${cfg.scale}: ${cfg.scenarios.map((s) => `${LETTERS[s]} ${s}`).join(', ')}`);
   if (cfg.scrapeSeconds > 0) console.log(`kgate's /metrics scraped every ${cfg.scrapeSeconds} s (BENCH_SCRAPE_SECONDS)`);
   console.log(
-    `machine: ${info['cpus']} cpus (${info['cpuModel']}), ${info['memoryGiB']} GiB, node ${info['node']}, Debian ${info['debian']}, ipykernel ${info['ipykernel']}, jupyter_server ${info['jupyterServer']}, kgate ${info['kgateCommit']} (dist built ${info['kgateBuilt']})`,
+    `machine: ${info['cpus']} cpus (${info['cpuModel']}), ${info['memoryGiB']} GiB, node ${info['node']}, Debian ${info['debian']}, ipykernel ${info['ipykernel']}, jupyter_server ${info['jupyterServer']}, peers ${info['peers']}, kgate ${info['kgateCommit']} (dist built ${info['kgateBuilt']})`,
   );
 
   const lab = new Lab(root, { nodeArgs: cfg.kgateNodeArgs, args: cfg.kgateArgs, scrapeSeconds: cfg.scrapeSeconds, log });

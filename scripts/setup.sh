@@ -34,8 +34,8 @@ if [ "$want_test" = 1 ]; then
   # venv for the one PyPI tool (schemathesis, below), bubblewrap for the sandbox
   # provisioner's tests, and podman, runc, catatonit (podman's --init, only recommended)
   # and debootstrap for the container provisioner's (its image is built below, from
-  # Debian's packages).
-  for p in python3-ipykernel python3-jupyter-server python3-matplotlib python3-tornado chromium python3-venv bubblewrap podman runc catatonit debootstrap; do
+  # Debian's packages), iproute2 and nftables for the isolated kernels' egress.
+  for p in python3-ipykernel python3-jupyter-server python3-matplotlib python3-tornado chromium python3-venv bubblewrap podman runc catatonit debootstrap iproute2 nftables; do
     installed "$p" || debs+=("$p")
   done
 else
@@ -61,6 +61,12 @@ if [ "$want_test" = 1 ] && [ "$(.venv-test/bin/schemathesis --version 2>/dev/nul
   .venv-test/bin/pip install -q --disable-pip-version-check "$SCHEMATHESIS" >&2
 fi
 
+# The benchmark's peers of today (jupyter_server 2, kernel_gateway 3, enterprise_gateway 3.2),
+# pinned, from PyPI, each in .venv-peers/<name>/ (test/bench-smoke.test.ts runs them).
+if [ "$want_test" = 1 ]; then
+  scripts/setup-bench-peers.sh >&2
+fi
+
 # The container provisioner's test image (localhost/kgate-kernel-python3:bookworm), built
 # offline from Debian's packages; a no-op when it exists. Needs root (debootstrap, chroot).
 if [ "$want_test" = 1 ]; then
@@ -71,6 +77,25 @@ if [ "$want_test" = 1 ]; then
   fi
 fi
 
+# The real Kubernetes control plane of the Kubernetes tests (etcd, kube-apiserver,
+# kube-scheduler, kube-controller-manager), built from source with the machine's Go into
+# .cache/k8s/; a no-op when built.
+if [ "$want_test" = 1 ]; then
+  scripts/build-k8s.sh
+  # kustomize, which the deploy test renders deploy/ with (Go module proxy; a no-op when built).
+  scripts/build-kustomize.sh >/dev/null
+fi
+
 echo "kgate setup: installing npm packages and building" >&2
 npm ci --no-audit --no-fund --loglevel=error >&2
 npm run --silent build >&2
+
+# kgate's own image (the Dockerfile) for the deploy test, on a local Node.js base made from
+# the kernel image above; npm ci in it prefers what npm's cache holds (after the npm ci above).
+if [ "$want_test" = 1 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    scripts/build-gateway-image.sh
+  else
+    sudo scripts/build-gateway-image.sh
+  fi
+fi

@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { ConfigError, helpText, loadConfig } from './config.js';
 import { DemoNotBuiltError, startDemoServer, type DemoServer } from './demo-server.js';
 import { createServer, httpLimits } from './gateway/app.js';
+import { jwtConfigured } from './gateway/options.js';
 import { tokenDigest } from './gateway/token-file.js';
 import { createLogger } from './log.js';
 import { statusCommand } from './status-cli.js';
@@ -123,14 +124,23 @@ async function main(): Promise<void> {
   const shown = host.includes(':') ? `[${host}]` : host;
   const url = `http://${shown}:${port}${gateway.ctx.baseUrl}`;
   const lines = [`kgate listening on ${url}`];
-  if (gateway.token) lines.push(`token: ${gateway.token}`, `try: curl -H 'Authorization: token ${gateway.token}' ${url}api/kernelspecs`);
-  else lines.push('auth: off (no token)');
+  // Only a token kgate made is shown (as jupyter_server does): one the operator gave is theirs already, and would
+  // land in every log collector that reads stdout (a pod's logs).
+  const shownToken = config.authToken === undefined ? gateway.token : undefined;
+  const credentials = [
+    gateway.token && !shownToken ? 'the token given (not shown)' : undefined,
+    config.tokenFile && 'the token file',
+    jwtConfigured(config) ? 'JWTs' : undefined,
+  ].filter((c): c is string => !!c);
+  if (shownToken) lines.push(`token: ${shownToken}`, `try: curl -H 'Authorization: token ${shownToken}' ${url}api/kernelspecs`);
+  if (credentials.length > 0) lines.push(`auth: ${credentials.join(', ')}`);
+  else if (!gateway.token) lines.push('auth: off (no token)');
   if (demo) {
     // The fragment carries the gateway and token to the page without sending them to any server.
     const pageHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : shown;
     const kgateUrl = `http://${pageHost}:${port}/`;
     const enc = (s: string): string => encodeURIComponent(s).replace(/%3A/g, ':').replace(/%2F/g, '/');
-    lines.push(`demo page: http://${pageHost}:${demo.port}/#kgate=${enc(kgateUrl)}${gateway.token ? `&token=${enc(gateway.token)}` : ''}`);
+    lines.push(`demo page: http://${pageHost}:${demo.port}/#kgate=${enc(kgateUrl)}${shownToken ? `&token=${enc(shownToken)}` : ''}`);
   }
 
   let stopping = false;

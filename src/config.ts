@@ -14,17 +14,32 @@ import { HEALTH_OPTIONS, type HealthConfig } from './gateway/health-options.js';
 import { LOG_OPTIONS, type LogConfig } from './log-options.js';
 import { METERING_OPTIONS, type MeteringConfig } from './metering-options.js';
 import { METRICS_OPTIONS, type MetricsConfig } from './metrics-options.js';
+import { PROVISIONER_OPTIONS, type ProvisionerConfig } from './provisioner/options.js';
+import { KUBERNETES_OPTIONS, type KubernetesConfig } from './provisioner/k8s-options.js';
 import { ConfigError, type OptionDef, type OptionSlice } from './options.js';
 
 export { ConfigError };
 
 /** The slices, in the order `--help` and the docs list them. */
-export const SLICES: readonly OptionSlice[] = [GATEWAY_OPTIONS, KERNEL_OPTIONS, BRIDGE_OPTIONS, METERING_OPTIONS, METRICS_OPTIONS, HEALTH_OPTIONS, AUDIT_OPTIONS, LOG_OPTIONS];
+export const SLICES: readonly OptionSlice[] = [
+  GATEWAY_OPTIONS,
+  KERNEL_OPTIONS,
+  PROVISIONER_OPTIONS,
+  KUBERNETES_OPTIONS,
+  BRIDGE_OPTIONS,
+  METERING_OPTIONS,
+  METRICS_OPTIONS,
+  HEALTH_OPTIONS,
+  AUDIT_OPTIONS,
+  LOG_OPTIONS,
+];
 
 /** Every option by its key in Config. */
 export const OPTIONS = {
   ...GATEWAY_OPTIONS.options,
   ...KERNEL_OPTIONS.options,
+  ...PROVISIONER_OPTIONS.options,
+  ...KUBERNETES_OPTIONS.options,
   ...BRIDGE_OPTIONS.options,
   ...METERING_OPTIONS.options,
   ...METRICS_OPTIONS.options,
@@ -33,7 +48,7 @@ export const OPTIONS = {
   ...LOG_OPTIONS.options,
 } as const;
 
-export type Config = GatewayConfig & KernelsConfig & BridgeConfig & MeteringConfig & MetricsConfig & HealthConfig & AuditConfig & LogConfig;
+export type Config = GatewayConfig & KernelsConfig & ProvisionerConfig & KubernetesConfig & BridgeConfig & MeteringConfig & MetricsConfig & HealthConfig & AuditConfig & LogConfig;
 
 // Two slices that declared the same key or flag would silently shadow each other.
 {

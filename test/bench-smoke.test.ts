@@ -1,9 +1,13 @@
 /**
  * The benchmark at tiny sizes, as a child process, to keep it working: it
- * must finish, print a row for every scenario and target, and kgate must lose
- * no message in the floods. No timing is asserted (speed is measured in the
+ * must finish, print a row for every scenario and target (the scale scenarios
+ * and the peers of today among them), kgate must lose no message in the
+ * floods, and the CPU-per-message figures must be there for kgate and for the
+ * direct client (the floor). No timing is asserted (speed is measured in the
  * benchmark, not in tests). Needs `npm run build` (dist/cli.js and
- * dist/bench-kernel) and Debian's python3-jupyter-server and python3-ipykernel.
+ * dist/bench-kernel), Debian's python3-jupyter-server and python3-ipykernel,
+ * and the peers in .venv-peers (scripts/setup-bench-peers.sh; a peer that is
+ * missing gets rows saying so, and the test still passes).
  */
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -28,7 +32,7 @@ function runBench(out: string): Promise<{ code: number | null; stdout: string; s
       {
         cwd: REPO,
         env: { ...process.env, BENCH_SCALE: 'tiny', BENCH_OUT: out, BENCH_ONLY: '', BENCH_TARGETS: '' },
-        timeout: 170_000,
+        timeout: 540_000,
         killSignal: 'SIGTERM',
         maxBuffer: 16 * 1024 * 1024,
       },
@@ -65,5 +69,14 @@ describe('bench/run.ts at BENCH_SCALE=tiny', () => {
         expect(lost?.value, `${s} lost on ${t}`).toBe(0);
       }
     }
-  }, 180_000);
+    const value = (s: Row['scenario'], metric: string, t: string): number | null | undefined =>
+      results.rows.find((x) => x.scenario === s && x.metric === metric && x.target === t)?.value;
+    expect(value('flood-small', 'client CPU per message', 'direct'), 'the floor: the direct client CPU per message').toBeGreaterThan(0);
+    expect(value('flood-large', 'client CPU per MiB', 'direct'), 'the floor: the direct client CPU per MiB').toBeGreaterThan(0);
+    for (const t of ['kgate-json', 'kgate-v1']) {
+      expect(value('flood-small', 'gateway CPU per message', t), `kgate CPU per message, ${t}`).toBeGreaterThanOrEqual(0);
+      expect(value('many-kernels', 'gateway RSS per kernel link', t), `RSS per kernel link, ${t}`).not.toBeNull();
+      expect(value('many-kernels', 'sustained requests/s (p99 ≤ 100 ms)', t), `many kernels, ${t}`).not.toBeNull();
+    }
+  }, 560_000);
 });

@@ -7,13 +7,15 @@
  * - `BENCH_KGATE_NODE_ARGS`, `BENCH_KGATE_ARGS`: extra `node` and kgate options
  *   (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile kgate);
  * - `BENCH_SCRAPE_SECONDS=1`: scrape every kgate's `GET /metrics` this often
- *   while it runs, as Prometheus would (default 0: never).
+ *   while it runs, as Prometheus would (default 0: never);
+ * - `BENCH_KERNELS`, `BENCH_PEER_KERNELS`, `BENCH_STEP_SECONDS`, `BENCH_IDLE_SECONDS`:
+ *   the sizes of the scale scenarios (h, i).
  */
 import { TARGETS, type Target } from './lab.js';
 
 export type Scale = 'tiny' | 'full';
 
-export const SCENARIO_IDS = ['execute', 'flood-small', 'flood-large', 'parallel', 'sockets', 'slow-client', 'start'] as const;
+export const SCENARIO_IDS = ['execute', 'flood-small', 'flood-large', 'parallel', 'sockets', 'slow-client', 'start', 'many-kernels', 'idle'] as const;
 export type ScenarioId = (typeof SCENARIO_IDS)[number];
 export const LETTERS: Record<ScenarioId, string> = {
   execute: 'a',
@@ -23,6 +25,8 @@ export const LETTERS: Record<ScenarioId, string> = {
   sockets: 'e',
   'slow-client': 'f',
   start: 'g',
+  'many-kernels': 'h',
+  idle: 'i',
 };
 
 export interface Sizes {
@@ -42,6 +46,21 @@ export interface Sizes {
   slow: { n: number; size: number; maxClientBuffer: number | undefined; closeWaitMs: number; timeoutMs: number };
   /** (g) starts per kernel and target. */
   start: { runs: number; timeoutMs: number };
+  /**
+   * (h), (i) kernels (BENCH_KERNELS), capped for the Python servers (BENCH_PEER_KERNELS); (h): clients per
+   * kernel, per-client requests/s of the first step (doubled each step), seconds per step, at most this many
+   * steps and seconds in all; (i): seconds idle (BENCH_IDLE_SECONDS).
+   */
+  scale: {
+    kernels: number;
+    peerKernels: number;
+    clientsEach: number;
+    startRate: number;
+    stepSeconds: number;
+    maxSteps: number;
+    budgetSeconds: number;
+    idleSeconds: number;
+  };
   /** Servers of their own for the scenarios that read memory (e, f), or the shared ones. */
   freshServers: boolean;
 }
@@ -54,6 +73,7 @@ const FULL: Sizes = {
   sockets: { kgate: 10_000, jupyter: 1000, batch: 500, jupyterBatch: 25, settleMs: 1000, timeoutMs: 300_000 },
   slow: { n: 16_384, size: 65_536, maxClientBuffer: undefined, closeWaitMs: 1500, timeoutMs: 240_000 },
   start: { runs: 5, timeoutMs: 60_000 },
+  scale: { kernels: 200, peerKernels: 40, clientsEach: 5, startRate: 0.5, stepSeconds: 10, maxSteps: 10, budgetSeconds: 150, idleSeconds: 60 },
   freshServers: true,
 };
 
@@ -66,6 +86,7 @@ const TINY: Sizes = {
   // A small send bound, so that kgate's slow-client policy is exercised at this size too.
   slow: { n: 400, size: 65_536, maxClientBuffer: 4 * 1024 * 1024, closeWaitMs: 300, timeoutMs: 30_000 },
   start: { runs: 1, timeoutMs: 30_000 },
+  scale: { kernels: 2, peerKernels: 2, clientsEach: 2, startRate: 4, stepSeconds: 0.5, maxSteps: 2, budgetSeconds: 5, idleSeconds: 1 },
   freshServers: false,
 };
 
@@ -87,6 +108,24 @@ function scrapeSeconds(s: string | undefined): number {
   return n;
 }
 
+function count(name: string, s: string | undefined, fallback: number, max: number): number {
+  if (s === undefined || s === '') return fallback;
+  const n = Number(s);
+  if (!Number.isFinite(n) || n <= 0 || n > max) throw new Error(`${name} must be a number above 0 and at most ${max}, not ${s}`);
+  return n;
+}
+
+/** The scale scenarios' sizes with the environment's overrides. */
+function scaleSizes(base: Sizes['scale'], env: NodeJS.ProcessEnv): Sizes['scale'] {
+  return {
+    ...base,
+    kernels: Math.round(count('BENCH_KERNELS', env['BENCH_KERNELS'], base.kernels, 2000)),
+    peerKernels: Math.round(count('BENCH_PEER_KERNELS', env['BENCH_PEER_KERNELS'], base.peerKernels, 2000)),
+    stepSeconds: count('BENCH_STEP_SECONDS', env['BENCH_STEP_SECONDS'], base.stepSeconds, 600),
+    idleSeconds: count('BENCH_IDLE_SECONDS', env['BENCH_IDLE_SECONDS'], base.idleSeconds, 3600),
+  };
+}
+
 function words(s: string | undefined): string[] {
   return (s ?? '').split(/[\s,]+/).filter(Boolean);
 }
@@ -100,7 +139,7 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): RunConfig {
       ? [...SCENARIO_IDS]
       : only.map((w) => {
           const id = SCENARIO_IDS.find((s) => s === w || LETTERS[s] === w);
-          if (id === undefined) throw new Error(`BENCH_ONLY: unknown scenario ${w} (know ${SCENARIO_IDS.join(', ')}, or a..g)`);
+          if (id === undefined) throw new Error(`BENCH_ONLY: unknown scenario ${w} (know ${SCENARIO_IDS.join(', ')}, or a..i)`);
           return id;
         });
   const wanted = words(env['BENCH_TARGETS']);
@@ -109,7 +148,7 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): RunConfig {
   }
   return {
     scale,
-    sizes: scale === 'tiny' ? TINY : FULL,
+    sizes: { ...(scale === 'tiny' ? TINY : FULL), scale: scaleSizes((scale === 'tiny' ? TINY : FULL).scale, env) },
     scenarios: SCENARIO_IDS.filter((s) => scenarios.includes(s)),
     targets: TARGETS.filter((t) => wanted.length === 0 || wanted.includes(t.id)),
     out: env['BENCH_OUT'] || undefined,

@@ -4,11 +4,35 @@
  * and wants it fresh.
  */
 import type { KernelSession } from './session.js';
-import { channelsUrl, createKernel, deleteKernel, launchDirect, startJupyter, startKgate, type Gateway, type KernelName, type KgateOptions, type ServerKind } from './servers.js';
+import {
+  channelsUrl,
+  createKernel,
+  deleteKernel,
+  launchDirect,
+  startKgate,
+  startPythonServer,
+  type Gateway,
+  type KernelName,
+  type KgateOptions,
+  type ServerKind,
+} from './servers.js';
 import { WsSession, type WsProtocol } from './ws-session.js';
 import { ZmqSession } from './zmq-session.js';
 
-export type TargetId = 'direct' | 'kgate-json' | 'kgate-v1' | 'jupyter-json' | 'jupyter-v1' | 'jupyter-nolimit-json' | 'jupyter-nolimit-v1';
+export type TargetId =
+  | 'direct'
+  | 'kgate-json'
+  | 'kgate-v1'
+  | 'jupyter-json'
+  | 'jupyter-v1'
+  | 'jupyter-nolimit-json'
+  | 'jupyter-nolimit-v1'
+  | 'jupyter2-json'
+  | 'jupyter2-v1'
+  | 'kernel-gateway-json'
+  | 'kernel-gateway-v1'
+  | 'enterprise-gateway-json'
+  | 'enterprise-gateway-v1';
 
 export interface Target {
   id: TargetId;
@@ -25,6 +49,13 @@ export const TARGETS: readonly Target[] = [
   { id: 'jupyter-v1', label: 'jupyter-server v1', server: 'jupyter', protocol: 'v1' },
   { id: 'jupyter-nolimit-json', label: 'jupyter-server JSON, no rate limit', server: 'jupyter-nolimit', protocol: 'json' },
   { id: 'jupyter-nolimit-v1', label: 'jupyter-server v1, no rate limit', server: 'jupyter-nolimit', protocol: 'v1' },
+  // The peers of today, from PyPI (scripts/setup-bench-peers.sh), rate limits off.
+  { id: 'jupyter2-json', label: 'jupyter_server 2 JSON', server: 'jupyter2', protocol: 'json' },
+  { id: 'jupyter2-v1', label: 'jupyter_server 2 v1', server: 'jupyter2', protocol: 'v1' },
+  { id: 'kernel-gateway-json', label: 'kernel_gateway 3 JSON', server: 'kernel-gateway', protocol: 'json' },
+  { id: 'kernel-gateway-v1', label: 'kernel_gateway 3 v1', server: 'kernel-gateway', protocol: 'v1' },
+  { id: 'enterprise-gateway-json', label: 'enterprise_gateway 3.2 JSON', server: 'enterprise-gateway', protocol: 'json' },
+  { id: 'enterprise-gateway-v1', label: 'enterprise_gateway 3.2 v1', server: 'enterprise-gateway', protocol: 'v1' },
 ];
 
 /** The peer a row is compared with: jupyter server with its rate limit off, same protocol (JSON for direct). */
@@ -153,6 +184,6 @@ export class Lab {
 
   private start(kind: ServerKind, kgateArgs: string[]): Promise<Gateway> {
     if (kind === 'kgate') return startKgate(this.root, { ...this.kgateOptions, args: [...(this.kgateOptions.args ?? []), ...kgateArgs] });
-    return startJupyter(this.root, kind === 'jupyter');
+    return startPythonServer(this.root, kind);
   }
 }

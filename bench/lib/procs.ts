@@ -3,7 +3,7 @@
  * outlives the run (SIGTERM, a bounded wait, then SIGKILL of its process
  * group), plus free ports and memory readings from /proc.
  */
-import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 
@@ -208,5 +208,61 @@ export async function within<T>(p: Promise<T>, ms: number, what: string): Promis
     ]);
   } finally {
     clearTimeout(t);
+  }
+}
+
+/** Clock ticks per second of /proc/PID/stat's times (`getconf CLK_TCK`; 100 on Linux). */
+let ticksPerSecond: number | undefined;
+function clockTicks(): number {
+  if (ticksPerSecond === undefined) {
+    let n = Number.NaN;
+    try {
+      n = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 5000 }).trim());
+    } catch {
+      // no getconf: Linux's USER_HZ
+    }
+    ticksPerSecond = Number.isFinite(n) && n > 0 ? n : 100;
+  }
+  return ticksPerSecond;
+}
+
+/**
+ * CPU time a process has used, user + system, over all its threads (ZeroMQ's
+ * I/O thread, libuv's pool, V8's GC threads included), in seconds: fields 14
+ * and 15 of /proc/PID/stat, in clock ticks (10 ms each). Not its children's:
+ * a server's kernels are not counted.
+ */
+export function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / clockTicks();
+}
+
+/** This process's own CPU time (the benchmark's clients), in seconds, microsecond resolution. */
+export function ownCpuSeconds(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+}
+
+/**
+ * CPU used by a process (when given) and by the benchmark itself between
+ * `new CpuWatch(pid)` and `stop()`, in seconds.
+ */
+export class CpuWatch {
+  private readonly server0: number | undefined;
+  private readonly own0 = ownCpuSeconds();
+  private readonly t0 = performance.now();
+
+  constructor(private readonly pid: number | undefined) {
+    this.server0 = pid === undefined ? undefined : cpuSeconds(pid);
+  }
+
+  stop(): { server: number | undefined; own: number; wall: number } {
+    return {
+      server: this.pid === undefined || this.server0 === undefined ? undefined : cpuSeconds(this.pid) - this.server0,
+      own: ownCpuSeconds() - this.own0,
+      wall: (performance.now() - this.t0) / 1000,
+    };
   }
 }

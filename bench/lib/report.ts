@@ -128,6 +128,26 @@ export class Report {
           margin: r >= 0.8 ? `${(r - 0.8).toFixed(2)}× to spare` : `missed by ${(0.8 - r).toFixed(2)}× (${pct(1 - r / 0.8)} short)`,
         });
       }
+      const cpuSmall = this.value('flood-small', 'gateway CPU per message', t);
+      if (cpuSmall !== null) {
+        out.push({
+          goal: '≤ 5 µs of kgate CPU per 100-byte message (issue 16)',
+          target: t,
+          measured: `${fmt(cpuSmall)} µs`,
+          met: cpuSmall <= 5,
+          margin: cpuSmall <= 5 ? `${fmt(5 - cpuSmall)} µs to spare` : `missed by ${fmt(cpuSmall - 5)} µs (${fmt(cpuSmall / 5)}× the target)`,
+        });
+      }
+      const cpuLarge = this.value('flood-large', 'gateway CPU per MiB', t);
+      if (cpuLarge !== null) {
+        out.push({
+          goal: '≤ 0.5 ms of kgate CPU per MiB of 64 KiB messages (issue 16)',
+          target: t,
+          measured: `${fmt(cpuLarge)} ms`,
+          met: cpuLarge <= 0.5,
+          margin: cpuLarge <= 0.5 ? `${fmt(0.5 - cpuLarge)} ms to spare` : `missed by ${fmt(cpuLarge - 0.5)} ms (${fmt(cpuLarge / 0.5)}× the target)`,
+        });
+      }
       const held = this.value('sockets', 'sockets held', t);
       const per = this.value('sockets', 'RSS per socket', t);
       if (held !== null && per !== null) {

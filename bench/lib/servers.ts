@@ -1,7 +1,7 @@
 /**
  * The programs measured: kernels started by the benchmark itself (the direct
- * ZeroMQ target), kgate as a child process (`node dist/cli.js`), and Debian's
- * jupyter server. Each is a child whose RSS can be read from /proc, and each
+ * ZeroMQ target), kgate as a child process (`node dist/cli.js`), Debian's
+ * jupyter server, and the peers of today from PyPI (scripts/setup-bench-peers.sh). Each is a child whose RSS can be read from /proc, and each
  * is stopped (and its kernels with it) when the run ends, whatever happens.
  */
 import type { ChildProcess } from 'node:child_process';
@@ -73,7 +73,7 @@ export async function launchDirect(name: KernelName, dir: string): Promise<Direc
   return { conn, child, stop: () => stopChild(child, 3000) };
 }
 
-export type ServerKind = 'kgate' | 'jupyter' | 'jupyter-nolimit';
+export type ServerKind = 'kgate' | 'jupyter' | 'jupyter-nolimit' | 'jupyter2' | 'kernel-gateway' | 'enterprise-gateway';
 
 export interface Gateway {
   kind: ServerKind;
@@ -186,36 +186,117 @@ export async function startKgate(root: string, opts: KgateOptions = {}): Promise
   };
 }
 
+/** The peers installed from PyPI by scripts/setup-bench-peers.sh, each in `.venv-peers/<name>/`. */
+export const PEERS_DIR = join(REPO, '.venv-peers');
+
+interface PythonServer {
+  /** The interpreter: Debian's, or a peer venv's. */
+  python: string;
+  /** `-m` module and its options, given the port and token. */
+  args(port: number, token: string, dir: string): string[];
+  /** What to GET to know it answers. */
+  ready: string;
+  label: string;
+  env?: Record<string, string>;
+}
+
+const SERVER_APP_ARGS = (port: number, token: string, dir: string): string[] => [
+  '--ServerApp.ip=127.0.0.1',
+  `--ServerApp.port=${port}`,
+  '--ServerApp.port_retries=0',
+  `--ServerApp.token=${token}`,
+  '--ServerApp.open_browser=False',
+  // It refuses to run as root otherwise (this machine's benchmark runs as root).
+  '--ServerApp.allow_root=True',
+  `--ServerApp.root_dir=${join(dir, 'root')}`,
+];
+
+const venvPython = (name: string): string => join(PEERS_DIR, name, 'bin/python');
+
 /**
- * Debian's jupyter server, with a private JUPYTER_PATH holding the bench
- * kernelspec (absolute paths) and private config, data and runtime dirs.
- * `rateLimit: false` turns its iopub rate limit off entirely.
+ * How each Python server is started. The peers of today run with their iopub
+ * rate limit off (jupyter_server 2.x and kernel_gateway 3.x keep it in
+ * ZMQChannelsWebsocketConnection; enterprise_gateway's jupyter_server 1.24
+ * handler reads it from settings it does not set, so it has none).
  */
-export async function startJupyter(root: string, rateLimit: boolean): Promise<Gateway> {
+const PYTHON_SERVERS: Record<Exclude<ServerKind, 'kgate'>, PythonServer> = {
+  jupyter: { python: PYTHON, label: "Debian's jupyter server", ready: 'api/status', args: (p, t, d) => ['-m', 'jupyter_server', ...SERVER_APP_ARGS(p, t, d)] },
+  'jupyter-nolimit': {
+    python: PYTHON,
+    label: "Debian's jupyter server",
+    ready: 'api/status',
+    // jupyter_server 1.23: limit_rate=False skips the limiter; the two limits at 0 say the same.
+    args: (p, t, d) => [
+      '-m',
+      'jupyter_server',
+      ...SERVER_APP_ARGS(p, t, d),
+      '--ServerApp.limit_rate=False',
+      '--ServerApp.iopub_msg_rate_limit=0',
+      '--ServerApp.iopub_data_rate_limit=0',
+    ],
+  },
+  jupyter2: {
+    python: venvPython('jupyter-server'),
+    label: 'jupyter_server 2.x (.venv-peers/jupyter-server)',
+    ready: 'api/status',
+    args: (p, t, d) => ['-m', 'jupyter_server', ...SERVER_APP_ARGS(p, t, d), '--ZMQChannelsWebsocketConnection.limit_rate=False'],
+  },
+  'kernel-gateway': {
+    python: venvPython('kernel-gateway'),
+    label: 'jupyter_kernel_gateway 3.x (.venv-peers/kernel-gateway)',
+    ready: 'api/kernelspecs',
+    // Its default API is jupyter-websocket: /api/kernels and the channels WebSocket.
+    args: (p, t) => [
+      '-m',
+      'kernel_gateway',
+      '--KernelGatewayApp.ip=127.0.0.1',
+      `--KernelGatewayApp.port=${p}`,
+      '--KernelGatewayApp.port_retries=0',
+      `--KernelGatewayApp.auth_token=${t}`,
+      '--ZMQChannelsWebsocketConnection.limit_rate=False',
+    ],
+  },
+  'enterprise-gateway': {
+    python: venvPython('enterprise-gateway'),
+    label: 'jupyter_enterprise_gateway 3.2 (.venv-peers/enterprise-gateway)',
+    ready: 'api/kernelspecs',
+    // It refuses to start kernels for root by default (this machine's benchmark runs as root).
+    env: { EG_UNAUTHORIZED_USERS: 'kgate-bench-nobody' },
+    // Kernelspecs without a process proxy run as local processes.
+    args: (p, t) => [
+      '-m',
+      'enterprise_gateway',
+      '--EnterpriseGatewayApp.ip=127.0.0.1',
+      `--EnterpriseGatewayApp.port=${p}`,
+      '--EnterpriseGatewayApp.port_retries=0',
+      `--EnterpriseGatewayApp.auth_token=${t}`,
+    ],
+  },
+};
+
+/**
+ * A Python server (Debian's jupyter server, or a peer from .venv-peers), with
+ * a private JUPYTER_PATH holding the bench kernelspec and ipykernel's (both
+ * with absolute paths: Debian's /usr/bin/python3 runs ipykernel for every
+ * server alike) and private config, data and runtime dirs.
+ */
+export async function startPythonServer(root: string, kind: Exclude<ServerKind, 'kgate'>): Promise<Gateway> {
   checkBuilt();
-  const dir = join(root, `jupyter-${randomBytes(4).toString('hex')}`);
+  const spec = PYTHON_SERVERS[kind];
+  if (!existsSync(spec.python)) throw new Error(`${spec.label} is not installed: run scripts/setup-bench-peers.sh`);
+  const dir = join(root, `${kind}-${randomBytes(4).toString('hex')}`);
   const share = join(dir, 'share');
   const specDir = join(share, 'kernels', 'kgate-bench');
   mkdirSync(specDir, { recursive: true });
+  mkdirSync(join(share, 'kernels', 'python3'), { recursive: true });
   for (const d of ['config', 'data', 'runtime', 'root']) mkdirSync(join(dir, d), { recursive: true });
   writeFileSync(join(specDir, 'kernel.json'), JSON.stringify({ ...readSpec('kgate-bench'), argv: specArgv('kgate-bench') }, null, 1));
+  // jupyter_client swaps a spec's "python3" for its own interpreter (a venv's, without ipykernel): name Debian's.
+  const py = readSpec('python3');
+  writeFileSync(join(share, 'kernels', 'python3', 'kernel.json'), JSON.stringify({ ...py, argv: py.argv.map((a, i) => (i === 0 && /^python3?$/.test(a) ? PYTHON : a)) }, null, 1));
   const port = await freePort();
   const token = randomBytes(16).toString('hex');
-  const logFile = join(dir, 'jupyter-server.log');
-  const args = [
-    '-m',
-    'jupyter_server',
-    '--ServerApp.ip=127.0.0.1',
-    `--ServerApp.port=${port}`,
-    '--ServerApp.port_retries=0',
-    `--ServerApp.token=${token}`,
-    '--ServerApp.open_browser=False',
-    // It refuses to run as root otherwise (this machine's benchmark runs as root).
-    '--ServerApp.allow_root=True',
-    `--ServerApp.root_dir=${join(dir, 'root')}`,
-    // jupyter_server 1.23: limit_rate=False skips the limiter; the two limits at 0 say the same.
-    ...(rateLimit ? [] : ['--ServerApp.limit_rate=False', '--ServerApp.iopub_msg_rate_limit=0', '--ServerApp.iopub_data_rate_limit=0']),
-  ];
+  const logFile = join(dir, `${kind}.log`);
   const env = {
     ...process.env,
     ...KERNEL_ENV,
@@ -223,19 +304,20 @@ export async function startJupyter(root: string, rateLimit: boolean): Promise<Ga
     JUPYTER_CONFIG_DIR: join(dir, 'config'),
     JUPYTER_DATA_DIR: join(dir, 'data'),
     JUPYTER_RUNTIME_DIR: join(dir, 'runtime'),
+    ...spec.env,
   };
-  const child = spawnTracked(PYTHON, args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], env }, dir);
+  const child = spawnTracked(spec.python, spec.args(port, token, dir), { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], env }, dir);
   child.stderr!.pipe(createWriteStream(logFile));
   const base = `http://127.0.0.1:${port}/`;
   const deadline = performance.now() + 60_000;
   for (;;) {
-    if (exited(child)) throw new Error(`jupyter server exited (${child.exitCode}) at start; see ${logFile}`);
+    if (exited(child)) throw new Error(`${spec.label} exited (${child.exitCode}) at start; see ${logFile}`);
     if (performance.now() > deadline) {
       await stopChild(child, 2000);
-      throw new Error(`jupyter server did not answer within 60 s; see ${logFile}`);
+      throw new Error(`${spec.label} did not answer within 60 s; see ${logFile}`);
     }
     try {
-      const r = await fetch(`${base}api/status`, { headers: { Authorization: `token ${token}` }, signal: AbortSignal.timeout(2000) });
+      const r = await fetch(`${base}${spec.ready}`, { headers: { Authorization: `token ${token}` }, signal: AbortSignal.timeout(2000) });
       if (r.ok) break;
     } catch {
       // not listening yet
@@ -243,7 +325,7 @@ export async function startJupyter(root: string, rateLimit: boolean): Promise<Ga
     await sleep(100);
   }
   return {
-    kind: rateLimit ? 'jupyter' : 'jupyter-nolimit',
+    kind,
     base,
     token,
     pid: child.pid!,

@@ -5,8 +5,7 @@
  * header bytes and parses only the small ones (replies, status), so a client
  * costs the same on every target and never parses a 64 KiB stream message.
  */
-import { makeMessage } from '../../src/bridge/messages.js';
-import type { MessageParts } from '../../src/bridge/wire.js';
+import { request, type Parts } from './wire-codec.js';
 
 export interface ExecResult {
   /** From send to `execute_reply`, ms. */
@@ -42,8 +41,8 @@ export function msgTypeIn(text: string): string {
   return MSG_TYPE.exec(text)?.[1] ?? '';
 }
 
-export function executeRequest(code: string, session: string): { msgId: string; parts: MessageParts } {
-  return makeMessage('execute_request', { code, silent: false, store_history: true, user_expressions: {}, allow_stdin: false, stop_on_error: true }, session);
+export function executeRequest(code: string, session: string): { msgId: string; parts: Parts } {
+  return request('execute_request', { code, silent: false, store_history: true, user_expressions: {}, allow_stdin: false, stop_on_error: true }, session);
 }
 
 /**

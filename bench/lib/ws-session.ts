@@ -6,16 +6,15 @@
  */
 import { randomUUID } from 'node:crypto';
 import WebSocket from 'ws';
-import { makeMessage } from '../../src/bridge/messages.js';
-import type { MessageParts } from '../../src/bridge/wire.js';
 import { executeRequest, msgTypeIn, Pending, type ExecResult, type KernelSession } from './session.js';
+import { request, type Parts } from './wire-codec.js';
 
 export type WsProtocol = 'json' | 'v1';
 export const V1 = 'v1.kernel.websocket.jupyter.org';
 /** The header comes first in both servers' JSON envelopes; its msg_type is well inside this. */
 const HEADER_WINDOW = 512;
 
-export function encodeV1(channel: string, p: MessageParts): Buffer {
+export function encodeV1(channel: string, p: Parts): Buffer {
   const parts = [Buffer.from(channel), p.header, p.parent, p.metadata, p.content, ...p.buffers];
   const n = parts.length + 1;
   const table = Buffer.alloc(8 * (n + 1));
@@ -29,7 +28,7 @@ export function encodeV1(channel: string, p: MessageParts): Buffer {
   return Buffer.concat([table, ...parts], off);
 }
 
-export function encodeJson(channel: string, p: MessageParts): string {
+export function encodeJson(channel: string, p: Parts): string {
   return `{"header":${p.header.toString('utf8')},"parent_header":${p.parent.toString('utf8')},"metadata":${p.metadata.toString('utf8')},"content":${p.content.toString('utf8')},"buffers":[],"channel":"${channel}"}`;
 }
 
@@ -97,7 +96,7 @@ export class WsSession implements KernelSession {
   }
 
   async kernelInfo(timeoutMs: number): Promise<number> {
-    const { msgId, parts } = makeMessage('kernel_info_request', {}, this.sessionId);
+    const { msgId, parts } = request('kernel_info_request', {}, this.sessionId);
     const r = await this.request(new Pending(msgId, timeoutMs, true), parts);
     if (r.timedOut || r.closedWith !== undefined) throw new Error(`no kernel_info_reply within ${timeoutMs} ms${r.closedWith ? ` (closed ${r.closedWith})` : ''}`);
     return r.replyMs;
@@ -107,7 +106,7 @@ export class WsSession implements KernelSession {
     this.ws.terminate();
   }
 
-  private async request(p: Pending, parts: MessageParts): Promise<ExecResult> {
+  private async request(p: Pending, parts: Parts): Promise<ExecResult> {
     if (!this.isOpen) {
       p.onClose(this.closeCode ?? 1006);
       return p.done;

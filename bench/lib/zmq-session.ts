@@ -1,14 +1,26 @@
 /**
  * The ceiling: the benchmark talks ZeroMQ to the kernel itself, as
- * jupyter_client does (a DEALER on shell, a SUB on iopub), with kgate's own
- * wire codec. It verifies nothing and parses only small messages.
+ * jupyter_client does (a DEALER on shell, a SUB on iopub), with the
+ * benchmark's own wire codec (bench/lib/wire-codec.ts, not kgate's). It
+ * verifies nothing (BENCH_DIRECT_VERIFY=1: it verifies every message, as
+ * jupyter_client does) and parses only small messages.
  */
 import { randomUUID } from 'node:crypto';
-import { Dealer, Subscriber } from 'zeromq';
-import { makeMessage } from '../../src/bridge/messages.js';
-import { Signer, splitWire, toWire, type WireMessage } from '../../src/bridge/wire.js';
+import { Context, Dealer, Subscriber } from 'zeromq';
 import type { ConnectionInfo } from '../../src/provisioner/types.js';
 import { executeRequest, msgTypeIn, Pending, type ExecResult, type KernelSession } from './session.js';
+import { decodeFrames, encodeFrames, HmacSha256, request, type Parts, type Received } from './wire-codec.js';
+
+const VERIFY = process.env['BENCH_DIRECT_VERIFY'] === '1';
+/**
+ * A context of the benchmark's own: ZeroMQ's default allows 1023 sockets, and
+ * the many-kernels scenario holds two per client, five clients per kernel.
+ */
+let context: Context | undefined;
+function benchContext(): Context {
+  context ??= new Context({ maxSockets: 32_768 });
+  return context;
+}
 
 /** The identity frame the kernel's ROUTER echoes back (kgate puts a client's the same way). */
 const IDENTITY = Buffer.from('bench');
@@ -18,13 +30,13 @@ const NUDGE_EVERY_MS = 50;
  * 10 ms reconnect pace, as kgate's link uses, instead of ZeroMQ's 100 ms, which
  * would add up to 100 ms to every direct start.
  */
-const SOCKET_OPTIONS = { linger: 0, reconnectInterval: 10, reconnectMaxInterval: 0 };
+const SOCKET_OPTIONS = { linger: 0, reconnectInterval: 10, reconnectMaxInterval: 0 } as const;
 
 function url(c: ConnectionInfo, port: number): string {
   return `tcp://${c.ip}:${port}`;
 }
 
-function parentId(m: WireMessage): string | undefined {
+function parentId(m: Received): string | undefined {
   try {
     const id = (JSON.parse(m.parent.toString('utf8')) as { msg_id?: unknown }).msg_id;
     return typeof id === 'string' ? id : undefined;
@@ -36,15 +48,17 @@ function parentId(m: WireMessage): string | undefined {
 export class ZmqSession implements KernelSession {
   lastIdleParent: string | undefined;
   iopubSeen = 0;
-  private readonly signer: Signer;
+  /** Messages whose signature did not verify (BENCH_DIRECT_VERIFY=1), dropped. */
+  badSignatures = 0;
+  private readonly signer: HmacSha256;
   private readonly session = randomUUID();
-  private readonly shell = new Dealer(SOCKET_OPTIONS);
-  private readonly iopub = new Subscriber(SOCKET_OPTIONS);
+  private readonly shell = new Dealer({ ...SOCKET_OPTIONS, context: benchContext() });
+  private readonly iopub = new Subscriber({ ...SOCKET_OPTIONS, context: benchContext() });
   private pending: Pending | undefined;
   private closed = false;
 
   private constructor(conn: ConnectionInfo) {
-    this.signer = new Signer(conn.key, conn.signature_scheme);
+    this.signer = new HmacSha256(conn.key, conn.signature_scheme);
     this.shell.connect(url(conn, conn.shell_port));
     this.iopub.connect(url(conn, conn.iopub_port));
     this.iopub.subscribe();
@@ -92,7 +106,7 @@ export class ZmqSession implements KernelSession {
   }
 
   async kernelInfo(timeoutMs: number): Promise<number> {
-    const { msgId, parts } = makeMessage('kernel_info_request', {}, this.session);
+    const { msgId, parts } = request('kernel_info_request', {}, this.session);
     const r = await this.request(new Pending(msgId, timeoutMs, true), parts);
     if (r.timedOut) throw new Error(`no kernel_info_reply within ${timeoutMs} ms`);
     return r.replyMs;
@@ -109,18 +123,25 @@ export class ZmqSession implements KernelSession {
     this.iopub.close();
   }
 
-  private async request(p: Pending, parts: Parameters<typeof toWire>[2]): Promise<ExecResult> {
+  private async request(p: Pending, parts: Parts): Promise<ExecResult> {
     this.pending = p;
-    await this.shell.send(toWire(IDENTITY, this.signer, parts));
+    await this.shell.send(encodeFrames(IDENTITY, this.signer, parts));
     const r = await p.done;
     if (this.pending === p) this.pending = undefined;
     return r;
   }
 
+  private decode(frames: Buffer[]): Received | undefined {
+    const m = decodeFrames(frames);
+    if (m === undefined || !VERIFY || this.signer.verify(m)) return m;
+    this.badSignatures++;
+    return undefined;
+  }
+
   private async pumpShell(): Promise<void> {
     try {
       for await (const frames of this.shell) {
-        const m = splitWire(frames);
+        const m = this.decode(frames);
         const p = this.pending;
         if (m === undefined || p === undefined) continue;
         if (!msgTypeIn(m.header.toString('latin1')).endsWith('_reply')) continue;
@@ -135,7 +156,7 @@ export class ZmqSession implements KernelSession {
   private async pumpIopub(): Promise<void> {
     try {
       for await (const frames of this.iopub) {
-        const m = splitWire(frames);
+        const m = this.decode(frames);
         if (m === undefined) continue;
         this.iopubSeen++;
         const type = msgTypeIn(m.header.toString('latin1'));

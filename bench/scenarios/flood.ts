@@ -4,10 +4,16 @@
  * rate is streams received over the time from sending the request to its
  * reply and idle. Lost = N − received (the kernel's ZeroMQ queue is deep
  * enough to drop nothing itself). Repeated; the median rate is quoted.
+ * Also quoted, median over the runs: the CPU time (user + system, all
+ * threads, from /proc/PID/stat) the gateway process spent per stream message
+ * and per MiB of stream text it relayed, and the same for the benchmark's
+ * own client (on the direct target that is the floor: what receiving alone
+ * costs one process).
  */
+import { appendFileSync } from 'node:fs';
 import type { ScenarioId } from '../lib/config.js';
 import type { Target } from '../lib/lab.js';
-import { RssWatch } from '../lib/procs.js';
+import { CpuWatch, RssWatch } from '../lib/procs.js';
 import { median } from '../lib/stats.js';
 import type { Context, Scenario } from './types.js';
 
@@ -37,11 +43,24 @@ async function flood(ctx: Context, target: Target, id: ScenarioId, z: FloodSizes
     let lost = 0;
     const notes: string[] = [];
     let growth = 0;
+    const gatewayCpu: number[] = [];
+    const clientCpu: number[] = [];
+    const busy: number[] = [];
     const repeatsEnd = performance.now() + REPEATS_BUDGET_MS;
     for (let i = 0; i < z.repeats && (i === 0 || performance.now() < repeatsEnd); i++) {
       const watch = k.serverPid === undefined ? undefined : new RssWatch(k.serverPid);
+      const cpu = new CpuWatch(k.serverPid);
+      const startUs = monotonicUs();
       const r = await s.execute(`flood ${z.n} ${z.size}`, z.timeoutMs);
+      const used = cpu.stop();
+      markWindow(id, target, startUs);
       if (watch) growth = Math.max(growth, watch.stop());
+      if (r.streams > 0) {
+        // Per message, in seconds; per MiB is this × messages per MiB.
+        if (used.server !== undefined) gatewayCpu.push(used.server / r.streams);
+        if (used.server !== undefined) busy.push(used.server / used.wall);
+        clientCpu.push(used.own / r.streams);
+      }
       const seconds = r.doneMs / 1000;
       rates.push(bytes ? (r.streams * z.size) / seconds / 1e6 : r.streams / seconds);
       lost = Math.max(lost, z.n - r.streams);
@@ -60,9 +79,49 @@ async function flood(ctx: Context, target: Target, id: ScenarioId, z: FloodSizes
     if (k.serverPid !== undefined) main.push(`gateway RSS +${(growth / 2 ** 20).toFixed(0)} MiB at peak`);
     ctx.report.add(id, target.id, unit, unit, median(rates), main.join('; '));
     ctx.report.add(id, target.id, 'lost', 'msgs', lost, `of ${z.n.toLocaleString('en-US')} per run (worst run)`);
+    reportCpu(ctx, target, id, z, bytes, { gatewayCpu, clientCpu, busy });
   } finally {
     await k.stop();
   }
+}
+
+function monotonicUs(): number {
+  return Number(process.hrtime.bigint() / 1000n);
+}
+
+/**
+ * With BENCH_WINDOWS_FILE set (bench/tools/profile-floods.ts), appends the
+ * measured flood's span on CLOCK_MONOTONIC, so that a profile of the gateway
+ * can be cut to the floods alone.
+ */
+function markWindow(id: ScenarioId, target: Target, startUs: number): void {
+  const file = process.env['BENCH_WINDOWS_FILE'];
+  if (file) appendFileSync(file, `${JSON.stringify({ scenario: id, target: target.id, startUs, endUs: monotonicUs() })}\n`);
+}
+
+/** Messages of SIZE text bytes in a MiB. */
+function perMiB(size: number): number {
+  return 2 ** 20 / size;
+}
+
+function reportCpu(ctx: Context, target: Target, id: ScenarioId, z: FloodSizes, bytes: boolean, cpu: { gatewayCpu: number[]; clientCpu: number[]; busy: number[] }): void {
+  const runs = `median of ${cpu.clientCpu.length}`;
+  const tick = `/proc ticks are 10 ms: ±${((0.01 / z.n) * 1e6).toFixed(2)} µs per message`;
+  const gw = cpu.gatewayCpu.length ? median(cpu.gatewayCpu) : null;
+  const gwNote =
+    target.server === 'direct'
+      ? 'n/a: no gateway between (the client row is the floor)'
+      : `${runs}; the gateway process busy ${fmtPct(median(cpu.busy))} of the flood's wall time; ${tick}`;
+  if (bytes) ctx.report.add(id, target.id, 'gateway CPU per MiB', 'ms', gw === null ? null : gw * perMiB(z.size) * 1e3, gwNote);
+  ctx.report.add(id, target.id, 'gateway CPU per message', 'µs', gw === null ? null : gw * 1e6, bytes ? undefined : gwNote);
+  const own = cpu.clientCpu.length ? median(cpu.clientCpu) : null;
+  const ownNote = `${runs}; the benchmark process (its one reading client) over the flood`;
+  if (bytes) ctx.report.add(id, target.id, 'client CPU per MiB', 'ms', own === null ? null : own * perMiB(z.size) * 1e3, ownNote);
+  else ctx.report.add(id, target.id, 'client CPU per message', 'µs', own === null ? null : own * 1e6, ownNote);
+}
+
+function fmtPct(x: number): string {
+  return `${(x * 100).toFixed(0)} %`;
 }
 
 export const floodSmall: Scenario = {
@@ -71,6 +130,8 @@ export const floodSmall: Scenario = {
   metrics: [
     ['msgs/s', 'msgs/s'],
     ['lost', 'msgs'],
+    ['gateway CPU per message', 'µs'],
+    ['client CPU per message', 'µs'],
   ],
   measure: (ctx, target) => flood(ctx, target, 'flood-small', ctx.sizes.floodSmall, false),
 };
@@ -81,6 +142,9 @@ export const floodLarge: Scenario = {
   metrics: [
     ['MB/s', 'MB/s'],
     ['lost', 'msgs'],
+    ['gateway CPU per MiB', 'ms'],
+    ['gateway CPU per message', 'µs'],
+    ['client CPU per MiB', 'ms'],
   ],
   measure: (ctx, target) => flood(ctx, target, 'flood-large', ctx.sizes.floodLarge, true),
 };

@@ -8,6 +8,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { relative } from 'node:path';
+import { pathToFileURL } from 'node:url';
 
 interface ProfileNode {
   id: number;
@@ -31,22 +32,33 @@ function where(url: string): string {
   return path.startsWith('/') ? relative(process.cwd(), path) : path;
 }
 
-function main(): void {
-  const args = process.argv.slice(2);
-  const count = /^\d+$/.test(args[args.length - 1] ?? '') ? Number(args.pop()) : 25;
-  if (args.length === 0) {
-    process.stderr.write('usage: cpu-profile-top.ts FILE.cpuprofile... [count]\n');
-    process.exit(2);
-  }
+export interface TopFrames {
+  busyUs: number;
+  idleUs: number;
+  /** [frame, self µs], most first. */
+  frames: Array<[string, number]>;
+}
+
+/** A span of CLOCK_MONOTONIC time in µs (`process.hrtime`; V8's profile timestamps are on the same clock). */
+export interface Window {
+  startUs: number;
+  endUs: number;
+}
+
+/** Self time per frame (function and place), summed over the profiles; only samples inside `windows` when given. */
+export function topFrames(files: readonly string[], windows?: readonly Window[]): TopFrames {
   const self = new Map<string, number>();
   let total = 0;
   let idle = 0;
-  for (const file of args) {
+  for (const file of files) {
     const p = JSON.parse(readFileSync(file, 'utf8')) as Profile;
     const byId = new Map(p.nodes.map((n) => [n.id, n]));
+    let at = p.startTime;
     for (let i = 0; i < p.samples.length; i++) {
       const n = byId.get(p.samples[i]!)!;
       const us = p.timeDeltas[i] ?? 0;
+      at += us;
+      if (windows && !windows.some((w) => at >= w.startUs && at <= w.endUs)) continue;
       const f = n.callFrame;
       if (f.functionName === '(idle)') {
         idle += us;
@@ -57,12 +69,28 @@ function main(): void {
       self.set(key, (self.get(key) ?? 0) + us);
     }
   }
-  console.log(`busy ${(total / 1e6).toFixed(2)} s, idle ${(idle / 1e6).toFixed(2)} s; top ${count} by self time:`);
-  console.log('| self ms | % of busy | function |');
-  console.log('| ---: | ---: | --- |');
-  for (const [k, us] of [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, count)) {
-    console.log(`| ${(us / 1000).toFixed(0)} | ${((100 * us) / total).toFixed(1)} | \`${k}\` |`);
-  }
+  return { busyUs: total, idleUs: idle, frames: [...self.entries()].sort((a, b) => b[1] - a[1]) };
 }
 
-main();
+/** The top `count` frames as a Markdown table. */
+export function topFramesTable(t: TopFrames, count: number): string {
+  const out = [
+    `busy ${(t.busyUs / 1e6).toFixed(2)} s, idle ${(t.idleUs / 1e6).toFixed(2)} s; top ${count} by self time:`,
+    '| self ms | % of busy | function |',
+    '| ---: | ---: | --- |',
+  ];
+  for (const [k, us] of t.frames.slice(0, count)) out.push(`| ${(us / 1000).toFixed(0)} | ${((100 * us) / t.busyUs).toFixed(1)} | \`${k}\` |`);
+  return out.join('\n');
+}
+
+function main(): void {
+  const args = process.argv.slice(2);
+  const count = /^\d+$/.test(args[args.length - 1] ?? '') ? Number(args.pop()) : 25;
+  if (args.length === 0) {
+    process.stderr.write('usage: cpu-profile-top.ts FILE.cpuprofile... [count]\n');
+    process.exit(2);
+  }
+  console.log(topFramesTable(topFrames(args), count));
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) main();

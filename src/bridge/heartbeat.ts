@@ -1,4 +1,5 @@
 import { Dealer } from 'zeromq';
+import './zmq-context.js';
 
 export interface HeartbeatOptions {
   intervalMs: number;

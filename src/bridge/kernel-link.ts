@@ -10,6 +10,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { Dealer, Subscriber } from 'zeromq';
+import './zmq-context.js';
 import type { ConnectionInfo } from '../provisioner/types.js';
 import { IopubRateLimiter, Verdict, type RateLimits } from './iopub-rate-limit.js';
 import { makeMessage } from './messages.js';

@@ -10,7 +10,7 @@ import type { Socket } from 'node:net';
 import { resolve } from 'node:path';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
-import type { Config } from '../config.js';
+import { ConfigError, type Config } from '../config.js';
 import { ErrorCodes, KgateError, badRequest, invalidJson, notFound, truncate, unauthorized } from '../errors.js';
 import { createLogger } from '../log.js';
 import { errorBody, errorHeaders, httpStatusOf } from './http-errors.js';
@@ -22,11 +22,14 @@ import { KernelManager } from '../kernels/manager.js';
 import { PolicyFile } from '../kernels/policy.js';
 import { SessionManager } from '../kernels/sessions.js';
 import { KernelStateStore } from '../kernels/state.js';
+import type { KernelStore } from '../kernels/store.js';
 import { events } from '../events.js';
 import { startMetering } from '../metering.js';
 import { GatewayMetrics } from '../metrics.js';
 import { localProvisionerFactory } from '../provisioner/local.js';
 import { sandboxProvisionerFactory } from '../provisioner/sandbox.js';
+import { containerProvisionerFactory } from '../provisioner/container.js';
+import { kubernetesProvisionerFactory } from '../provisioner/kubernetes.js';
 import { ProvisionerRegistry } from '../provisioner/registry.js';
 import type { ProvisionerFactory } from '../provisioner/types.js';
 import type { Principal } from '../principal.js';
@@ -212,16 +215,34 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
   const hide = [config.stateDir, config.runtimeDir, config.tokenFile, config.jwtSecretFile, config.jwksFile, config.authTokenFile, config.policy, config.auditLog].filter(
     (p): p is string => p !== undefined,
   );
+  // Read here (a bad file stops the start): admission and the kubernetes provisioner's tenant quotas read the same one.
+  const policy = config.policy !== undefined ? new PolicyFile(config.policy) : undefined;
   const provisioners = new ProvisionerRegistry(
     [
       localProvisionerFactory({ runtimeDir: config.runtimeDir, ip: '127.0.0.1', scrubEnv }),
-      sandboxProvisionerFactory({ hide: hide.map((p) => resolve(p)) }),
+      sandboxProvisionerFactory({ hide: hide.map((p) => resolve(p)), egress: config.sandboxEgress, egressNet: config.egressNet }),
+      containerProvisionerFactory({ egressNet: config.egressNet }),
+      kubernetesProvisionerFactory({
+        kubeconfig: config.kubeconfig,
+        namespace: config.k8sNamespace,
+        createNamespaces: config.k8sCreateNamespaces,
+        defaultImage: config.k8sKernelImage,
+        policy,
+      }),
       ...(overrides.provisioners ?? []),
     ],
-    'local',
+    config.defaultProvisioner,
     log,
   );
-  const state = config.stateDir ? new KernelStateStore(config.stateDir) : undefined;
+  if (!provisioners.has(config.defaultProvisioner))
+    throw new ConfigError(`--default-provisioner: this gateway has no provisioner ${JSON.stringify(config.defaultProvisioner)} (it has ${provisioners.names().join(', ')})`);
+  // The Kubernetes store loads @kubernetes/client-node, which only a gateway that uses it should pay for.
+  const state: KernelStore | undefined =
+    config.stateStore === 'kubernetes'
+      ? (await import('../kernels/k8s-store.js')).kubernetesStore({ kubeconfig: config.kubeconfig, namespace: config.stateNamespace })
+      : config.stateDir
+        ? new KernelStateStore(config.stateDir)
+        : undefined;
   await state?.init();
   // What every kernel's link relays and keeps for replay, one of each per gateway (metrics read them).
   const relayCounts = new RelayCounts();
@@ -256,7 +277,7 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
     rootDir: config.rootDir,
     maxKernels: config.maxKernels,
     maxKernelsPerUser: config.maxKernelsPerUser,
-    policy: config.policy !== undefined ? new PolicyFile(config.policy) : undefined,
+    policy,
     store: state,
     log,
   });
@@ -274,7 +295,10 @@ export async function createServer(config: Config, overrides: ServerOverrides = 
           log,
         )
       : undefined;
-  const sessions = new SessionManager(kernels, { stateDir: config.stateDir, kernelRecords: state });
+  // With --state-store kubernetes the sessions are in the cluster too, so every replica serves them.
+  const sessionStore =
+    config.stateStore === 'kubernetes' ? await (await import('../kernels/k8s-session-store.js')).kubernetesSessionStore(state, { kubeconfig: config.kubeconfig, log }) : undefined;
+  const sessions = new SessionManager(kernels, { stateDir: config.stateDir, kernelRecords: state, store: sessionStore });
   const ctx: GatewayContext = { kernels, sessions, specs, auth, baseUrl: config.baseUrl, startedAt: new Date(), log };
 
   const csp = frameAncestorsPolicy(config.frameAncestors);

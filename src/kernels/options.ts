@@ -88,6 +88,21 @@ const OPTIONS = {
     'directory where each kernel is recorded, so a gateway started after a crash (or a second one) adopts the kernels still running (default: none)',
     z.string().min(1).optional(),
   ),
+  stateStore: opt(
+    'state-store',
+    'string',
+    "where kernels are recorded so that other gateways can adopt, follow and take them over: dir (the --state-dir, when given) or kubernetes (a Secret and a Lease per kernel in --state-namespace, through --kubeconfig or the pod's service account), so that replicas share them (default dir)",
+    z.enum(['dir', 'kubernetes']).default('dir'),
+  ),
+  stateNamespace: opt(
+    'state-namespace',
+    'string',
+    "namespace of the kernel records with --state-store kubernetes (default: the namespace kgate's pod runs in, else the kubeconfig context's, else default)",
+    z
+      .string()
+      .regex(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/, 'must be a namespace name (a DNS label)')
+      .optional(),
+  ),
   keepKernels: opt(
     'keep-kernels',
     'string',

@@ -35,6 +35,8 @@ export interface TenantLimits {
   maxPerKernel?: ReadonlyMap<string, number> | undefined;
   /** Kernelspecs the tenant may start (undefined: all). */
   kernelspecs?: ReadonlySet<string> | undefined;
+  /** Its kernels may reach the internet (never private ranges); undefined: no egress (the kubernetes provisioner's NetworkPolicy). */
+  egress?: boolean | undefined;
 }
 
 export interface Policy {
@@ -56,6 +58,7 @@ const tenantBlock = z
     resources: z.unknown().optional(),
     max_per_kernel: z.unknown().optional(),
     kernelspecs: z.array(z.string().regex(KERNEL_NAME, 'is not a kernelspec name')).max(1000).optional(),
+    egress: z.boolean().optional(),
   })
   .strict();
 
@@ -87,6 +90,7 @@ function limitsOf(b: Block, where: string, problems: string[]): TenantLimits {
     resources: b.resources === undefined ? undefined : toMap(res.resources),
     maxPerKernel: b.max_per_kernel === undefined ? undefined : toMap(per.resources),
     kernelspecs: b.kernelspecs === undefined ? undefined : new Set(b.kernelspecs),
+    egress: b.egress,
   };
 }
 

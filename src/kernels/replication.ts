@@ -34,6 +34,13 @@ export const ADOPTION_NOTICE =
 /** Sessions recorded per kernel (for the notice above); the rest are not told. */
 const MAX_RECORDED_SESSIONS = 256;
 const TERMINATE_WAIT_MS = 2000;
+/**
+ * How often a running gateway looks for records that no gateway holds and
+ * none here serves (their supervisor died, and no client of this gateway
+ * asked for them, so they are not followed): without it such a kernel would
+ * stay unsupervised, and a death of it unrestarted, until a client came.
+ */
+const ORPHAN_SCAN_MS = 5000;
 
 export interface ReplicationDeps {
   store: KernelStore;
@@ -49,6 +56,9 @@ export interface ReplicationDeps {
 export class Replication {
   private readonly following = new Map<string, Promise<KernelSupervisor | undefined>>();
   private readonly timer: NodeJS.Timeout;
+  private stopped = false;
+  /** When orphans were last looked for; undefined until the gateway's own adoption at start has run (the scan must not race it). */
+  private lastOrphanScan: number | undefined;
 
   constructor(private readonly d: ReplicationDeps) {
     let syncing = false;
@@ -66,12 +76,17 @@ export class Replication {
   }
 
   stop(): void {
+    this.stopped = true;
     clearInterval(this.timer);
   }
 
   private async sync(): Promise<void> {
     await this.syncFollowed();
     await this.renewAndRecord();
+    if (this.lastOrphanScan !== undefined && Date.now() - this.lastOrphanScan >= Math.min(ORPHAN_SCAN_MS, this.d.store.leaseMs / 3)) {
+      this.lastOrphanScan = Date.now();
+      await this.adopt(ADOPT_NUDGE_MS, true);
+    }
   }
 
   /**
@@ -290,15 +305,19 @@ export class Replication {
    * output may have been lost. Dead kernels are cleaned up; live ones that
    * waited in a pool are stopped in the background (the pool starts fresh
    * ones). Kernels whose lease another gateway holds are left to it (followed).
+   * Run once when the gateway starts, then as `orphans` every ORPHAN_SCAN_MS:
+   * records another gateway left unheld since (it died, or let go of them).
    */
-  async adopt(nudgeMs = ADOPT_NUDGE_MS): Promise<{ adopted: string[]; cleaned: string[] }> {
+  async adopt(nudgeMs = ADOPT_NUDGE_MS, orphans = false): Promise<{ adopted: string[]; cleaned: string[] }> {
     const adopted: string[] = [];
     const cleaned: string[] = [];
     const { store, registry } = this.d;
     const records = await store.loadAll();
+    // This gateway's own (a kernel starting, or waiting in its pool, is recorded before the registry knows it) are not orphans.
+    const ours = (r: KernelRecord): boolean => registry.has(r.id) || (orphans && (store.holds(r) || this.d.pooled().some((k) => k.id === r.id)));
     await Promise.all(
       records.map(async (r) => {
-        if (registry.has(r.id) || store.heldElsewhere(r)) return;
+        if (ours(r) || store.heldElsewhere(r)) return;
         let p: Provisioner;
         try {
           p = this.d.provisionerFor(r.spec);
@@ -308,6 +327,8 @@ export class Replication {
           return;
         }
         if (!(await store.takeOver(r))) return;
+        // A client asked for it meanwhile, so it is followed here: holding its lease now, syncFollowed makes it this gateway's.
+        if (registry.has(r.id) || (orphans && this.stopped)) return;
         const alive = (await p.poll()) === undefined;
         if (alive && !r.pooled) {
           const k = this.fromRecord(r, p, false);
@@ -345,7 +366,10 @@ export class Replication {
         await store.remove(r.id);
       }),
     );
-    if (records.length > 0) this.d.log.info({ adopted: adopted.length, cleaned: cleaned.length }, 'adopted the kernels of an earlier gateway');
+    if (orphans ? adopted.length + cleaned.length > 0 : records.length > 0) {
+      this.d.log.info({ adopted: adopted.length, cleaned: cleaned.length }, orphans ? 'adopted kernels whose gateway is gone' : 'adopted the kernels of an earlier gateway');
+    }
+    this.lastOrphanScan ??= Date.now();
     return { adopted, cleaned };
   }
 

@@ -5,7 +5,8 @@
  * gateway processes on one state dir list the same sessions. Written
  * atomically (temp file, then rename) with mode 0600, as the kernel records
  * are (state.ts); a session record holds no key and no token, only who owns
- * the session and which kernel it is bound to.
+ * the session and which kernel it is bound to. With --state-store kubernetes
+ * they are kept in the cluster instead (k8s-session-store.ts).
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
@@ -24,14 +25,30 @@ export interface SessionRecord {
   /** The owning user; null for the operator's sessions. */
   owner: string | null;
   tenant: string;
+  /**
+   * The store's version of the record as read, not part of it (the cluster's
+   * resourceVersion): a save of a record read replaces only that version, and
+   * one without makes a new session. The stores of one process or dir keep none.
+   */
+  revision?: string | undefined;
 }
 
 export interface SessionStore {
+  /** Throws SessionChanged when the record changed since it was read (the caller reads it again). */
   save(record: SessionRecord): Promise<void>;
   /** The record, or undefined when there is none (or the id cannot be one). */
   load(id: string): Promise<SessionRecord | undefined>;
   loadAll(): Promise<SessionRecord[]>;
-  remove(id: string): Promise<void>;
+  /** With a `revision`: only while the record is still that version (one changed since is left). */
+  remove(id: string, revision?: string): Promise<void>;
+}
+
+/** A save lost a compare-and-swap: another gateway changed the session since it was read. */
+export class SessionChanged extends Error {
+  constructor(readonly id: string) {
+    super(`session ${id.slice(0, 64)} was changed by another gateway since it was read`);
+    this.name = 'SessionChanged';
+  }
 }
 
 export function isSessionId(id: string): boolean {
@@ -39,7 +56,7 @@ export function isSessionId(id: string): boolean {
 }
 
 /** A record read back, or undefined when it is not one this version wrote (a hand edit, another version). */
-function parseRecord(text: string, id: string): SessionRecord | undefined {
+export function parseSessionRecord(text: string, id: string): SessionRecord | undefined {
   let r: unknown;
   try {
     r = JSON.parse(text);
@@ -68,7 +85,8 @@ export class MemorySessionStore implements SessionStore {
   private readonly records = new Map<string, SessionRecord>();
 
   async save(record: SessionRecord): Promise<void> {
-    this.records.set(record.id, { ...record });
+    const { revision: _r, ...rest } = record;
+    this.records.set(record.id, rest);
   }
 
   async load(id: string): Promise<SessionRecord | undefined> {
@@ -111,7 +129,7 @@ export class FileSessionStore implements SessionStore {
       throw e;
     }
     const tmp = join(this.dir, `.${record.id}.${randomBytes(4).toString('hex')}.tmp`);
-    const { version: _v, ...rest } = record;
+    const { version: _v, revision: _r, ...rest } = record;
     await writeFile(tmp, JSON.stringify({ version: 1, ...rest }), { mode: 0o600 });
     try {
       await rename(tmp, file);
@@ -124,7 +142,7 @@ export class FileSessionStore implements SessionStore {
   async load(id: string): Promise<SessionRecord | undefined> {
     if (!ID.test(id)) return undefined;
     try {
-      return parseRecord(await readFile(this.file(id), 'utf8'), id);
+      return parseSessionRecord(await readFile(this.file(id), 'utf8'), id);
     } catch {
       return undefined;
     }

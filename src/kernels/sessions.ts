@@ -7,14 +7,17 @@
  * it may not see is not found, the same as one that does not exist. With a
  * state dir the sessions are kept there (session-store.ts), read again on
  * every list and get, so a gateway that adopted the kernels, or another
- * gateway process on the same state dir, serves the same sessions.
+ * gateway process on the same state dir, serves the same sessions. With
+ * --state-store kubernetes they are kept in the cluster (k8s-session-store.ts),
+ * where a change is a compare-and-swap: an update that lost one to another
+ * replica reads the session again and applies its patch to what is there.
  */
 import { randomUUID } from 'node:crypto';
-import { ErrorCodes, KgateError, sessionNotFound } from '../errors.js';
+import { ErrorCodes, KgateError, internalError, sessionNotFound } from '../errors.js';
 import { actingUser, operatorPrincipal, type Principal } from '../principal.js';
 import { canSee } from './access.js';
 import type { KernelManager, KernelModel } from './manager.js';
-import { FileSessionStore, MemorySessionStore, type SessionRecord, type SessionStore } from './session-store.js';
+import { FileSessionStore, MemorySessionStore, SessionChanged, type SessionRecord, type SessionStore } from './session-store.js';
 import type { KernelStore } from './store.js';
 
 export interface Session {
@@ -26,6 +29,8 @@ export interface Session {
   /** The user who made it (for an impersonating front server, the user it named); none for the operator. */
   owner: string | undefined;
   tenant: string;
+  /** The store's version of it as read (session-store.ts): what a save or a removal of it replaces. */
+  revision?: string | undefined;
 }
 
 export interface SessionModel {
@@ -67,7 +72,7 @@ export interface SessionManagerOptions {
   stateDir?: string | undefined;
   /** Where the kernels are recorded, to tell a kernel that is gone from one another gateway serves. */
   kernelRecords?: Pick<KernelStore, 'load'> | undefined;
-  /** In place of the two above (a test's). */
+  /** In place of the state dir (the cluster's, or a test's). */
   store?: SessionStore | undefined;
 }
 
@@ -80,8 +85,19 @@ const OPERATOR = operatorPrincipal();
  */
 const REAP_CHECKS = 10;
 const REAP_WAIT_MS = 100;
+/** Reads and saves of one update that lost the compare-and-swap to another gateway, before it gives up. */
+const SAVE_TRIES = 5;
 
-const toSession = (r: SessionRecord): Session => ({ id: r.id, path: r.path, name: r.name, type: r.type, kernelId: r.kernelId, owner: r.owner ?? undefined, tenant: r.tenant });
+const toSession = (r: SessionRecord): Session => ({
+  id: r.id,
+  path: r.path,
+  name: r.name,
+  type: r.type,
+  kernelId: r.kernelId,
+  owner: r.owner ?? undefined,
+  tenant: r.tenant,
+  revision: r.revision,
+});
 const toRecord = (s: Session): SessionRecord => ({
   version: 1,
   id: s.id,
@@ -91,6 +107,7 @@ const toRecord = (s: Session): SessionRecord => ({
   kernelId: s.kernelId,
   owner: s.owner ?? null,
   tenant: s.tenant,
+  revision: s.revision,
 });
 const requestedUser = (env: Record<string, unknown> | undefined): string | undefined => {
   const u = env?.['KERNEL_USERNAME'];
@@ -167,22 +184,42 @@ export class SessionManager {
 
   async update(id: string, patch: SessionPatch): Promise<Session> {
     const principal = patch.principal ?? OPERATOR;
-    const s = await this.get(id, principal);
-    if (patch.path !== undefined) s.path = patch.path;
-    if (patch.name !== undefined) s.name = patch.name;
-    if (patch.type !== undefined) s.type = patch.type;
-    let replaced: string | undefined;
-    if (patch.kernel && (patch.kernel.id ?? patch.kernel.name) !== undefined) {
-      const old = s.kernelId;
-      if (patch.kernel.id === undefined || patch.kernel.id !== old) {
-        s.kernelId = (await this.kernelFor(patch.kernel, s.path, principal)).id;
-        // A kernel started for this session alone goes with it, as in jupyter_server.
-        if (patch.kernel.id === undefined) replaced = old;
+    let s = await this.get(id, principal);
+    // The kernel is found or started once; a save that lost to another gateway applies it again to what that one saved.
+    let bound: { id: string; started: boolean } | undefined;
+    if (patch.kernel && (patch.kernel.id ?? patch.kernel.name) !== undefined && (patch.kernel.id === undefined || patch.kernel.id !== s.kernelId)) {
+      const path = patch.path ?? s.path;
+      bound = await this.kernelFor(patch.kernel, path, principal);
+    }
+    let old: string;
+    for (let attempt = 1; ; attempt++) {
+      old = s.kernelId;
+      if (patch.path !== undefined) s.path = patch.path;
+      if (patch.name !== undefined) s.name = patch.name;
+      if (patch.type !== undefined) s.type = patch.type;
+      if (bound) s.kernelId = bound.id;
+      try {
+        await this.store.save(toRecord(s));
+        break;
+      } catch (e) {
+        if (!(e instanceof SessionChanged)) return this.abandon(bound, principal, e);
+        if (attempt >= SAVE_TRIES) return this.abandon(bound, principal, internalError(`session ${id} kept changing while it was updated`));
+      }
+      try {
+        s = await this.get(id, principal);
+      } catch (e) {
+        return this.abandon(bound, principal, e);
       }
     }
-    await this.store.save(toRecord(s));
-    if (replaced !== undefined) await this.shutdownKernel(replaced, principal);
-    return s;
+    // A kernel started for this session alone goes with it, as in jupyter_server.
+    if (bound?.started && old !== bound.id) await this.shutdownKernel(old, principal);
+    return { ...s, revision: undefined };
+  }
+
+  /** An update not recorded: a kernel started for it would be nobody's session. */
+  private async abandon(bound: { id: string; started: boolean } | undefined, principal: Principal, e: unknown): Promise<never> {
+    if (bound?.started) await this.kernels.shutdown(bound.id, principal).catch(() => undefined);
+    throw e;
   }
 
   /** Deletes the session and shuts its kernel down, as `principal` (a kernel it may not see is left alone). */
@@ -222,7 +259,8 @@ export class SessionManager {
       // Not reachable now (following it failed): hidden, not removed; its record decides that.
       if (!isNotFound(e)) return false;
     }
-    if (!(await this.kernelRecorded(s.kernelId))) await this.store.remove(s.id);
+    // Only the version read: one bound to another kernel since (by another gateway) stays.
+    if (!(await this.kernelRecorded(s.kernelId))) await this.store.remove(s.id, s.revision);
     return false;
   }
 
@@ -236,7 +274,7 @@ export class SessionManager {
     try {
       for (let i = 0; i < REAP_CHECKS; i++) {
         if (!(await this.kernelRecorded(kernelId))) {
-          for (const r of await this.store.loadAll()) if (r.kernelId === kernelId) await this.store.remove(r.id);
+          for (const r of await this.store.loadAll()) if (r.kernelId === kernelId) await this.store.remove(r.id, r.revision);
           return;
         }
         await new Promise((resolve) => setTimeout(resolve, REAP_WAIT_MS).unref());

@@ -2,7 +2,8 @@
  * The container provisioner (`provisioner_name: container`): the kernelspec's
  * argv in a rootful podman container of the kernelspec's image
  * (`metadata.kernel_provisioner.config.image`), with no network
- * (`--network none`), a read-only root with a tmpfs /tmp and home, no
+ * (`--network none`; with `egress: true`, the sandbox's egress namespace,
+ * src/provisioner/egress.ts), a read-only root with a tmpfs /tmp and home, no
  * capabilities, no new privileges, a non-root user, and podman's own memory,
  * CPU and process limits from the launch request.
  *
@@ -31,6 +32,7 @@ import { formatMemory } from '../kernels/quantity.js';
 import { cgroupVersion, createCgroup, isKernelCgroupDir, oomKills, removeCgroup, CGROUP_PREFIX, type KernelCgroup } from './cgroups.js';
 import { formatArgv, privateHomeEnv } from './local.js';
 import { ensureBaseDir, ipcConnection, KERNEL_DIR, writeKernelDir } from './kernel-dir.js';
+import { createEgress, DEFAULT_EGRESS_NET, egressNames, isEgressLink, removeEgress, type EgressLink } from './egress.js';
 import { isProcessAlive, exitsWithin } from './process-alive.js';
 import type { ConnectionInfo, KernelExit, LaunchContext, LaunchRequest, Provisioner, ProvisionerCapabilities, ProvisionerFactory, ProvisionerInfo } from './types.js';
 
@@ -45,6 +47,8 @@ export interface ContainerProvisionerConfig {
   instance?: string;
   /** podman's global options before the command (default: cgroupfs, runc, file events; see GLOBAL_ARGS). */
   globalArgs?: readonly string[];
+  /** The IPv4 pool of the /30 links of kernels with egress (default 198.18.0.0/16, shared with the sandbox's). */
+  egressNet?: string;
 }
 
 /** What a kernelspec's config may say (the operator's, never a client's). */
@@ -53,6 +57,8 @@ interface SpecConfig {
   pids: number;
   pull: 'never' | 'missing';
   stopTimeout: number;
+  /** The sandbox's egress namespace (src/provisioner/egress.ts) as the container's network, instead of none. */
+  egress: boolean;
 }
 
 const PODMAN = '/usr/bin/podman';
@@ -104,8 +110,10 @@ export function containerSpecConfig(specName: string, raw: Record<string, unknow
   if (pull !== 'never' && pull !== 'missing') problems.push(`${where}.pull must be "never" or "missing"`);
   const stop = raw['stop_timeout'] ?? 5;
   if (typeof stop !== 'number' || !Number.isInteger(stop) || stop < 0 || stop > 300) problems.push(`${where}.stop_timeout must be whole seconds from 0 to 300`);
+  const egress = raw['egress'] ?? false;
+  if (typeof egress !== 'boolean') problems.push(`${where}.egress must be true or false`);
   if (problems.length > 0) throw kernelStartFailed(problems.join('; '));
-  return { image: image as string, pids: pids as number, pull: pull as 'never' | 'missing', stopTimeout: stop as number };
+  return { image: image as string, pids: pids as number, pull: pull as 'never' | 'missing', stopTimeout: stop as number, egress: egress as boolean };
 }
 
 /** A process as `<pid>:<start time>`: a pid alone could be reused by the time it is read again. */
@@ -136,6 +144,8 @@ export class ContainerProvisioner implements Provisioner {
   private memoryLimit: number | undefined;
   /** cgroup v1 only: the kernel's parent cgroup, which holds its memory limit (see oomParent). */
   private cgroup: KernelCgroup | undefined;
+  /** The kernel's network namespace and link when it has egress; kept across restarts, removed at the final cleanup. */
+  private egress: EgressLink | undefined;
   private oomBaseline = 0;
   /** kgate itself sent SIGKILL (or removed the container): such an end is never taken for the OOM killer's. */
   private killSent = false;
@@ -228,6 +238,12 @@ export class ContainerProvisioner implements Provisioner {
       signal.throwIfAborted();
       this.memoryLimit = req.resources.memory;
       this.oomParent(req);
+      if (spec.egress && !this.egress) {
+        this.egress = await createEgress(req.kernelId, this.config.egressNet ?? DEFAULT_EGRESS_NET, () =>
+          this.log?.warn('container egress: turned on IPv4 forwarding (net.ipv4.ip_forward), as Docker and podman do; it stays on'),
+        );
+        signal.throwIfAborted();
+      }
       ctx.onProgress('starting');
       await this.create(req, spec, signal);
       signal.throwIfAborted();
@@ -338,7 +354,9 @@ export class ContainerProvisioner implements Provisioner {
       const token = processToken(process.pid);
       if (token) a.push(`--label=${LABEL_GATEWAY}=${token}`);
     }
-    a.push('--network=none', '--hostname=kernel', '--init', '--read-only', '--read-only-tmpfs=false', '--cap-drop=ALL', '--security-opt=no-new-privileges');
+    // With egress, the namespace kgate made (its deny list inside it, as for a sandbox); the container has no CAP_NET_ADMIN to change it.
+    a.push(this.egress ? `--network=ns:/run/netns/${this.egress.netns}` : '--network=none');
+    a.push('--hostname=kernel', '--init', '--read-only', '--read-only-tmpfs=false', '--cap-drop=ALL', '--security-opt=no-new-privileges');
     a.push(`--user=${INNER_ID}:${INNER_ID}`, `--workdir=${HOME}`, '--log-driver=k8s-file', '--log-opt=max-size=1mb');
     const size = req.resources.memory ? `,size=${req.resources.memory}` : '';
     a.push(`--tmpfs=/tmp:rw,nosuid,nodev,mode=1777${size}`, `--tmpfs=${HOME}:rw,nosuid,nodev,mode=0700,U${size}`);
@@ -498,6 +516,11 @@ export class ContainerProvisioner implements Provisioner {
     }
     if (this.containerId === undefined) await this.removeParent();
     if (!restart && this.dir) await rm(this.dir, { recursive: true, force: true });
+    if (!restart && this.egress && this.containerId === undefined) {
+      const left = await removeEgress(this.egress);
+      if (left.length > 0) this.log?.warn({ left }, 'the container egress namespace or rules could not all be removed');
+      else this.egress = undefined;
+    }
   }
 
   diagnostics(): string {
@@ -519,6 +542,7 @@ export class ContainerProvisioner implements Provisioner {
       cgroup: this.cgroup ?? null,
       oomBaseline: this.oomBaseline,
       stopTimeout: this.stopTimeout,
+      egress: this.egress ?? null,
     };
   }
 
@@ -541,6 +565,9 @@ export class ContainerProvisioner implements Provisioner {
     const dirs = Array.isArray(cg?.dirs) && cg.dirs.every((d): d is string => typeof d === 'string' && isKernelCgroupDir(d)) ? cg.dirs : [];
     this.cgroup = cg?.version === 1 && dirs.length > 0 ? { version: 1, dirs } : undefined;
     this.oomBaseline = typeof info['oomBaseline'] === 'number' ? info['oomBaseline'] : 0;
+    // Only the link made for this kernel (its names are the hash of its id).
+    const link = info['egress'];
+    this.egress = this.kernelId && isEgressLink(link) && link.netns === egressNames(this.kernelId).netns ? link : undefined;
     this.containerId = undefined;
     this.exitCode = -1;
     this.exitPromise = Promise.resolve(-1);

@@ -24,6 +24,16 @@ export class ProvisionerRegistry {
     for (const f of [sandboxProvisionerFactory(), containerProvisionerFactory(), ...factories]) this.factories.set(f.name, f);
   }
 
+  /** The provisioners this gateway has, by name (what `--default-provisioner` may name). */
+  names(): string[] {
+    return [...this.factories.keys()].sort();
+  }
+
+  /** Whether `name` (or jupyter_client's name for it) is one of them. */
+  has(name: string): boolean {
+    return this.factories.has(ALIASES[name] ?? name);
+  }
+
   nameFor(spec: KernelSpec): string {
     const asked = provisionerMetadata(spec).name ?? this.defaultName;
     return ALIASES[asked] ?? asked;

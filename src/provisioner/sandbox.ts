@@ -1,7 +1,8 @@
 /**
  * The sandbox provisioner (`provisioner_name: sandbox`): the kernelspec's argv
  * inside Debian's bubblewrap, with every namespace of its own (so a network
- * namespace with only a loopback), a read-only view of the system's programs
+ * namespace with only a loopback; with egress allowed, one kgate made, with a
+ * veth and a deny list: src/provisioner/egress.ts), a read-only view of the system's programs
  * and libraries and nothing else of the host, a private /tmp and home
  * (tmpfs), and its own cgroup for memory, CPU and a process count.
  *
@@ -32,6 +33,7 @@ import { formatMemory } from '../kernels/quantity.js';
 import { addProcess, cgroupProcs, createCgroup, isKernelCgroupDir, oomKills, removeCgroup, type KernelCgroup } from './cgroups.js';
 import { formatArgv, privateHomeEnv } from './local.js';
 import { ensureBaseDir, ipcConnection, KERNEL_DIR, writeKernelDir } from './kernel-dir.js';
+import { createEgress, DEFAULT_EGRESS_NET, egressNames, isEgressLink, removeEgress, type EgressLink } from './egress.js';
 import { exitsWithin, isProcessAlive } from './process-alive.js';
 import {
   type ConnectionInfo,
@@ -55,6 +57,10 @@ export interface SandboxProvisionerConfig {
   hide?: readonly string[];
   /** The host user the sandbox runs as (default: 65534 "nobody" when kgate runs as root, else kgate's own user). */
   runAs?: { uid: number; gid: number };
+  /** Egress to public addresses for kernels whose kernelspec says nothing (`--sandbox-egress`; default false). */
+  egress?: boolean;
+  /** The IPv4 pool of the kernels' /30 links when they have egress (`--egress-net`; default 198.18.0.0/16). */
+  egressNet?: string;
 }
 
 export type WorkingDirMode = 'none' | 'read-only' | 'read-write';
@@ -65,9 +71,12 @@ interface SpecConfig {
   pids: number;
   roPaths: string[];
   cgroupParent: string | undefined;
+  /** A network namespace of kgate's making with a veth and the deny list (src/provisioner/egress.ts), instead of bwrap's loopback-only one. */
+  egress: boolean;
 }
 
 const BWRAP = '/usr/bin/bwrap';
+const NSENTER = '/usr/bin/nsenter';
 const DEFAULT_PIDS = 256;
 /** Inside the sandbox: the kernel's home, its user. */
 const HOME = '/home/kernel';
@@ -105,7 +114,7 @@ function defaultRunAs(): { uid: number; gid: number } {
 }
 
 /** Reads the kernelspec's config; a mistake is the operator's, named as such. */
-export function sandboxSpecConfig(specName: string, raw: Record<string, unknown>, defaults: { pids: number }): SpecConfig {
+export function sandboxSpecConfig(specName: string, raw: Record<string, unknown>, defaults: { pids: number; egress?: boolean }): SpecConfig {
   const problems: string[] = [];
   const where = `kernelspec ${specName}: metadata.kernel_provisioner.config`;
   const wd = raw['working_dir'] ?? 'none';
@@ -118,8 +127,10 @@ export function sandboxSpecConfig(specName: string, raw: Record<string, unknown>
   const parent = raw['cgroup_parent'];
   if (parent !== undefined && (typeof parent !== 'string' || parent.split('/').includes('..')))
     problems.push(`${where}.cgroup_parent must be a path below the cgroup root, without ".."`);
+  const egress = raw['egress'] ?? defaults.egress ?? false;
+  if (typeof egress !== 'boolean') problems.push(`${where}.egress must be true or false`);
   if (problems.length > 0) throw kernelStartFailed(problems.join('; '));
-  return { workingDir: wd as WorkingDirMode, pids: pids as number, roPaths: ro as string[], cgroupParent: parent as string | undefined };
+  return { workingDir: wd as WorkingDirMode, pids: pids as number, roPaths: ro as string[], cgroupParent: parent as string | undefined, egress: egress as boolean };
 }
 
 /** An argument bwrap reads as a path: absolute (so never taken for an option), without NUL. */
@@ -181,6 +192,8 @@ export class SandboxProvisioner implements Provisioner {
   private exit: KernelExit | undefined;
   private exitPromise: Promise<number> = Promise.resolve(-1);
   private stderrTail = '';
+  /** The kernel's own network namespace and link when it has egress; kept across in-place restarts, removed at the final cleanup. */
+  private egress: EgressLink | undefined;
   private readonly baseDir: string;
   private readonly runAs: { uid: number; gid: number };
 
@@ -195,7 +208,7 @@ export class SandboxProvisioner implements Provisioner {
   async launch(req: LaunchRequest, ctx: LaunchContext): Promise<ConnectionInfo> {
     const { signal } = ctx;
     signal.throwIfAborted();
-    const spec = sandboxSpecConfig(req.spec.name, req.config, { pids: this.config.pids ?? DEFAULT_PIDS });
+    const spec = sandboxSpecConfig(req.spec.name, req.config, { pids: this.config.pids ?? DEFAULT_PIDS, egress: this.config.egress ?? false });
     this.dir = join(this.baseDir, req.kernelId);
     const conn = ipcConnection(req, this.dir, 'sandbox');
     this.child = undefined;
@@ -211,6 +224,12 @@ export class SandboxProvisioner implements Provisioner {
       }
       this.oomBaseline = oomKills(this.cgroup);
       signal.throwIfAborted();
+      if (spec.egress && !this.egress) {
+        this.egress = await createEgress(req.kernelId, this.config.egressNet ?? DEFAULT_EGRESS_NET, () =>
+          this.log?.warn('sandbox egress: turned on IPv4 forwarding (net.ipv4.ip_forward), as Docker and podman do; it stays on'),
+        );
+        signal.throwIfAborted();
+      }
       ctx.onProgress('starting');
       await this.spawn(req, spec);
       signal.throwIfAborted();
@@ -235,7 +254,9 @@ export class SandboxProvisioner implements Provisioner {
 
   /** bwrap's arguments: paths only from the operator (kernelspec, gateway) or validated by the gateway (the working dir), each after its option. */
   private bwrapArgs(req: LaunchRequest, spec: SpecConfig): string[] {
-    const a: string[] = ['--unshare-all', '--unshare-user', '--uid', String(INNER_ID), '--gid', String(INNER_ID), '--cap-drop', 'ALL', '--new-session', '--hostname', 'kernel'];
+    // With egress the network namespace is kgate's (entered before bwrap runs); every other namespace is the sandbox's own either way.
+    const unshare = spec.egress ? ['--unshare-user', '--unshare-ipc', '--unshare-pid', '--unshare-uts', '--unshare-cgroup-try'] : ['--unshare-all', '--unshare-user'];
+    const a: string[] = [...unshare, '--uid', String(INNER_ID), '--gid', String(INNER_ID), '--cap-drop', 'ALL', '--new-session', '--hostname', 'kernel'];
     // With a state dir the kernel must outlive a gateway that is killed, to be adopted.
     if (req.endWithGateway) a.push('--die-with-parent');
     a.push('--ro-bind', '/usr', '/usr');
@@ -287,12 +308,18 @@ export class SandboxProvisioner implements Provisioner {
     this.stderrTail = '';
     this.exitCode = undefined;
     // "--" ends bwrap's options: the kernel's argv is never read as one.
-    const child = spawn('/bin/sh', ['-c', WAIT_THEN_EXEC, 'kgate-sandbox', bwrap, ...args, '--', ...argv], {
+    const wrapper = ['/bin/sh', '-c', WAIT_THEN_EXEC, 'kgate-sandbox', bwrap, ...args, '--', ...argv];
+    const asRoot = process.getuid?.() === 0;
+    // With egress, nsenter (as root) joins the kernel's network namespace, then becomes the sandbox's user, without groups, and execs the wrapper.
+    const [cmd, ...cmdArgs] = this.egress
+      ? [NSENTER, `--net=/run/netns/${this.egress.netns}`, '-S', String(this.runAs.uid), '-G', String(this.runAs.gid), '--', ...wrapper]
+      : wrapper;
+    const child = spawn(cmd!, cmdArgs, {
       env: this.environment(req),
       cwd: '/',
       detached: true,
       stdio: ['pipe', 'ignore', 'pipe'],
-      ...(process.getuid?.() === 0 ? { uid: this.runAs.uid, gid: this.runAs.gid } : {}),
+      ...(asRoot && !this.egress ? { uid: this.runAs.uid, gid: this.runAs.gid } : {}),
     });
     this.child = child;
     child.stderr!.setEncoding('utf8');
@@ -410,6 +437,11 @@ export class SandboxProvisioner implements Provisioner {
       else this.cgroup = undefined;
     }
     if (!restart && this.dir) await rm(this.dir, { recursive: true, force: true });
+    if (!restart && this.egress) {
+      const left = await removeEgress(this.egress);
+      if (left.length > 0) this.log?.warn({ left }, 'the sandbox egress namespace or rules could not all be removed');
+      else this.egress = undefined;
+    }
   }
 
   diagnostics(): string {
@@ -429,6 +461,7 @@ export class SandboxProvisioner implements Provisioner {
       cgroup: this.cgroup ?? null,
       memoryLimit: this.memoryLimit ?? null,
       oomBaseline: this.oomBaseline,
+      egress: this.egress ?? null,
     };
   }
 
@@ -442,6 +475,9 @@ export class SandboxProvisioner implements Provisioner {
     this.cgroup = (cg?.version === 1 || cg?.version === 2) && dirs.length > 0 ? { version: cg.version, dirs } : undefined;
     this.memoryLimit = typeof info['memoryLimit'] === 'number' ? info['memoryLimit'] : undefined;
     this.oomBaseline = typeof info['oomBaseline'] === 'number' ? info['oomBaseline'] : 0;
+    // Only the link made for this kernel (its names are the hash of its id, the name of its directory).
+    const link = info['egress'];
+    this.egress = this.dir && isEgressLink(link) && link.netns === egressNames(basename(this.dir)).netns ? link : undefined;
     // A recorded pid may since belong to another process: it is the sandbox only if its command line binds the kernel's directory.
     if (this.pid !== undefined && (!this.dir || !commandLineHas(this.pid, this.dir))) this.pid = undefined;
     const pid = this.pid;

@@ -86,7 +86,10 @@ beforeAll(async () => {
     '--runtime-dir',
     mkdtempSync(join(tmpdir(), 'kgate-rt-')),
   ]);
-  demoUrl = (await waitForLine(kgate, /^demo page: (http:\/\/\S+)$/))[1]!;
+  const printed = (await waitForLine(kgate, /^demo page: (http:\/\/\S+)$/))[1]!;
+  // A token the operator gave is never printed (it would reach whatever reads stdout): the user adds it.
+  expect(kgate.lines.join('\n')).not.toContain(TOKEN);
+  demoUrl = `${printed}&token=${TOKEN}`;
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: process.getuid?.() === 0 ? ['--no-sandbox'] : [] });
 });
 

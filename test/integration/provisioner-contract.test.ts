@@ -1,8 +1,10 @@
 /**
  * One contract suite over every provisioner, as zeromq.js repeats its tests
  * over every transport: the same cases, with real ipykernels (Debian's
- * python3) and real clients, for `local`, `sandbox` and (once
- * src/provisioner/container.ts exists) `container`. Each provisioner gets its
+ * python3) and real clients, for `local`, `sandbox`, (once
+ * src/provisioner/container.ts exists) `container` and `kubernetes` (on a real
+ * API server and scheduler with a simulated node, test/helpers/k8s-target.ts,
+ * started once for the file). Each provisioner gets its
  * kernelspecs (the same argv, `metadata.kernel_provisioner` naming it) and
  * one in-process kgate for the cases that allow it; adoption runs kgate as a
  * real process (dist/cli.js) killed with `kill -9`. What each case finds on
@@ -23,8 +25,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ServerOverrides } from '../../src/gateway/app.js';
 import { events, type KernelStartFailedEvent } from '../../src/events.js';
 import { CGROUP_PREFIX } from '../../src/provisioner/cgroups.js';
+import { kubernetesProvisionerFactory } from '../../src/provisioner/kubernetes.js';
 import { sandboxProvisionerFactory } from '../../src/provisioner/sandbox.js';
 import { gatewayClient, interruptUntilReplied, KernelClient, startGateway, stdout, type GatewayClient, type TestGateway } from '../helpers/gateway.js';
+import { ContractCluster, K8S_CONTRACT_NAMESPACE } from '../helpers/k8s-target.js';
 import { CLI, startKgate, type Running } from '../helpers/kgate-process.js';
 import { cgroupDirsNamed, hostProcesses, IPYKERNEL_ARGV, kernelCgroupDirs, pidsInKernelCgroup, writeKernelspec, type SpecOptions } from '../helpers/provisioner-specs.js';
 import { until } from '../helpers/wait.js';
@@ -217,9 +221,29 @@ const container: Target = (() => {
   };
 })();
 
+/**
+ * Kernels as pods, on a simulated node: pods and Secrets through the API, the node's processes,
+ * network namespaces and pod files on the host. A pod cannot be signalled (its interrupts are messages).
+ */
+const kube = new ContractCluster();
+beforeAll(() => kube.start(), 300_000);
+afterAll(() => kube.stop(), 120_000);
+
+const kubernetes: Target = {
+  name: 'kubernetes',
+  problem: async () => kube.problem(),
+  spec: { provisioner: 'kubernetes', config: { image: 'localhost/kgate-kernel-python3:bookworm' }, resources: { memory: '256Mi' } },
+  overrides: () => ({ provisioners: [kubernetesProvisionerFactory({ kubeconfig: kube.kubeconfig, namespace: K8S_CONTRACT_NAMESPACE })] }),
+  processEnv: () => ({ KG_KUBECONFIG: kube.kubeconfig, KG_K8S_NAMESPACE: K8S_CONTRACT_NAMESPACE }),
+  kernelPids: (id) => kube.kernelPids(id, isKernelProcess),
+  traces: (id) => kube.traces(id),
+  traceKinds: ['pod', 'secret', 'process', 'netns', 'veth', 'file'],
+  remove: (id) => kube.remove(id),
+};
+
 const CONTAINER_SOURCE = fileURLToPath(new URL('../../src/provisioner/container.ts', import.meta.url));
 // The container provisioner is listed once it exists; listed, it must run (a missing podman or image fails with the reason).
-const targets: Target[] = [local, sandbox, ...(existsSync(CONTAINER_SOURCE) ? [container] : [])];
+const targets: Target[] = [local, sandbox, ...(existsSync(CONTAINER_SOURCE) ? [container] : []), kubernetes];
 const notListed = existsSync(CONTAINER_SOURCE) ? [] : ['container: not in the suite yet (src/provisioner/container.ts does not exist)'];
 
 const CASES = [

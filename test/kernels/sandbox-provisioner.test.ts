@@ -52,7 +52,7 @@ describe('sandbox provisioner: refusals', () => {
     expect(caught).toMatchObject({ code: ErrorCodes.KERNEL_START_FAILED });
     const msg = (caught as Error).message;
     for (const key of ['working_dir', 'pids', 'ro_paths', 'cgroup_parent']) expect(msg).toContain(`config.${key}`);
-    expect(sandboxSpecConfig('good', {}, { pids: 256 })).toEqual({ workingDir: 'none', pids: 256, roPaths: [], cgroupParent: undefined });
+    expect(sandboxSpecConfig('good', {}, { pids: 256 })).toEqual({ egress: false, workingDir: 'none', pids: 256, roPaths: [], cgroupParent: undefined });
   });
 
   it('a working directory inside a hidden path, or /, is refused, and the refused launch leaves no cgroup or directory', async () => {
