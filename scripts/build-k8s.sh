@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane that the Kubernetes tests run against:
-# kube-apiserver, kube-scheduler and kube-controller-manager from k8s.io/kubernetes
+# kube-apiserver, kube-scheduler and kube-controller-manager from k8s.io/kubernetes,
+# the kubelet for the tests' real node (with Debian's containerd)
 # (tools/k8s/kubernetes/go.mod) and etcd from go.etcd.io/etcd/server/v3
 # (tools/k8s/etcd/go.mod), with the machine's Go, into .cache/k8s/<k8s-version>/bin/.
 # A no-op when that directory already holds the binaries built from the same go.mod and
@@ -34,7 +35,7 @@ etcd_version=$(awk '$1 == "go.etcd.io/etcd/server/v3" { print $2 }' "$ETCD_MOD/g
 }
 
 bin_dir="$PWD/.cache/k8s/$k8s_version/bin"
-binaries=(kube-apiserver kube-scheduler kube-controller-manager etcd)
+binaries=(kube-apiserver kube-scheduler kube-controller-manager kubelet etcd)
 # What the binaries were built from: a changed go.mod or go.sum builds them again.
 stamp=$(cat "$K8S_MOD/go.mod" "$K8S_MOD/go.sum" "$ETCD_MOD/go.mod" "$ETCD_MOD/go.sum" | sha256sum | cut -d' ' -f1)
 
@@ -73,7 +74,10 @@ done
 
 (cd "$K8S_MOD" && go build -mod=readonly -trimpath -ldflags="$ldflags" -o "$bin_dir/" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-controller-manager)
-echo "build-k8s: Kubernetes binaries built ($(($(date +%s) - started)) s)" >&2
+echo "build-k8s: Kubernetes control plane built ($(($(date +%s) - started)) s)" >&2
+kubelet_started=$(date +%s)
+(cd "$K8S_MOD" && go build -mod=readonly -trimpath -ldflags="$ldflags" -o "$bin_dir/kubelet" k8s.io/kubernetes/cmd/kubelet)
+echo "build-k8s: kubelet built ($(($(date +%s) - kubelet_started)) s)" >&2
 (cd "$ETCD_MOD" && go build -mod=readonly -trimpath -ldflags="-s -w" -o "$bin_dir/etcd" go.etcd.io/etcd/server/v3)
 
 printf '%s\n' "$stamp" >"$bin_dir/.built-from"

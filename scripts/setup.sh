@@ -35,7 +35,7 @@ if [ "$want_test" = 1 ]; then
   # provisioner's tests, and podman, runc, catatonit (podman's --init, only recommended)
   # and debootstrap for the container provisioner's (its image is built below, from
   # Debian's packages), iproute2 and nftables for the isolated kernels' egress.
-  for p in python3-ipykernel python3-jupyter-server python3-matplotlib python3-tornado chromium python3-venv bubblewrap podman runc catatonit debootstrap iproute2 nftables; do
+  for p in python3-ipykernel python3-jupyter-server python3-matplotlib python3-tornado chromium python3-venv bubblewrap podman runc containerd catatonit debootstrap iproute2 nftables; do
     installed "$p" || debs+=("$p")
   done
 else
