@@ -322,9 +322,14 @@ export class ContainerProvisioner implements Provisioner {
   private async removeParent(): Promise<void> {
     const cg = this.cgroup;
     if (!cg) return;
-    // podman puts conmon in <parent>/conmon, and the container in <parent>/libpod-<id>: empty once it is removed.
-    removeChildren(cg.dirs[0]!.split('/').pop()!);
-    if (!(await removeCgroup(cg))) {
+    // podman puts conmon in <parent>/conmon, and the container in <parent>/libpod-<id>: empty once it is removed,
+    // which on a loaded machine can be a moment after `podman rm` returns (a child left makes the parent busy).
+    let removed = false;
+    for (let round = 0; round < PARENT_REMOVE_ROUNDS && !removed; round++) {
+      removeChildren(cg.dirs[0]!.split('/').pop()!);
+      removed = await removeCgroup(cg);
+    }
+    if (!removed) {
       this.log?.warn({ cgroup: cg.dirs }, "the kernel container's parent cgroup could not be removed");
       return;
     }
@@ -637,6 +642,9 @@ export class ContainerProvisioner implements Provisioner {
     return removed;
   }
 }
+
+/** Tries at removing a kernel's parent cgroup and what podman made in it, each up to a second (removeCgroup). */
+const PARENT_REMOVE_ROUNDS = 5;
 
 /** Where the cgroup v1 hierarchies are mounted (podman makes a --cgroup-parent in each). */
 function v1MountPoints(): string[] {

@@ -132,9 +132,13 @@ describe('idle culling', () => {
   });
 
   it('culls an idle kernel without clients, but not one with a client (--cull-connected off) nor a busy one (--cull-busy off)', async () => {
-    const [idle, connected, busy] = await Promise.all([t.startKernel(), t.startKernel(), t.startKernel()]);
-    const c = await KernelClient.connect(t, connected);
-    const b = await KernelClient.connect(t, busy);
+    // Each client connects as soon as its kernel is up: on a loaded machine the slowest of three starts can
+    // take longer than the idle timeout, which would cull a kernel before its client came.
+    const withClient = async (): Promise<[string, KernelClient]> => {
+      const id = await t.startKernel();
+      return [id, await KernelClient.connect(t, id)];
+    };
+    const [idle, [connected, c], [busy, b]] = await Promise.all([t.startKernel(), withClient(), withClient()]);
     const sleeping = b.execute('import time; time.sleep(5)');
     await until(async () => !(await listed(t)).includes(idle), 'the idle kernel to be culled', 10_000, 100);
     // Well past the timeout, the connected and the busy kernel are still there.
