@@ -34,8 +34,10 @@ if [ "$want_test" = 1 ]; then
   # venv for the one PyPI tool (schemathesis, below), bubblewrap for the sandbox
   # provisioner's tests, and podman, runc, catatonit (podman's --init, only recommended)
   # and debootstrap for the container provisioner's (its image is built below, from
-  # Debian's packages), iproute2 and nftables for the isolated kernels' egress.
-  for p in python3-ipykernel python3-jupyter-server python3-matplotlib python3-tornado chromium python3-venv bubblewrap podman runc containerd catatonit debootstrap iproute2 nftables; do
+  # Debian's packages), iproute2 and nftables for the isolated kernels' egress, containerd
+  # and the CNI plugins (only suggested by containerd; podman may bring netavark instead)
+  # for the real kubelet's node.
+  for p in python3-ipykernel python3-jupyter-server python3-matplotlib python3-tornado chromium python3-venv bubblewrap podman runc containerd containernetworking-plugins catatonit debootstrap iproute2 nftables; do
     installed "$p" || debs+=("$p")
   done
 else
