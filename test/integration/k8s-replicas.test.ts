@@ -21,8 +21,9 @@ import * as k8s from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { leaseName, recordName } from '../../src/kernels/k8s-store.js';
 import { LABELS } from '../../src/provisioner/k8s-objects.js';
-import { KernelClient, stdout, type GatewayClient } from '../helpers/gateway.js';
+import { KernelClient, type GatewayClient } from '../helpers/gateway.js';
 import { startCluster, type Cluster } from '../helpers/k8s-cluster.js';
+import { execute, median, timeToKernelInfo } from '../helpers/k8s-kernels.js';
 import { deployIdentity, KERNEL_NAMESPACE, STATE_NAMESPACE, startReplica, tail, type Replica } from '../helpers/k8s-replicas.js';
 import { writeKernelspec } from '../helpers/provisioner-specs.js';
 import { until } from '../helpers/wait.js';
@@ -111,14 +112,6 @@ async function watchPods(id: string): Promise<{ uids: Set<string>; stop(): void 
   return { uids, stop: () => ac.abort() };
 }
 
-async function execute(c: KernelClient, code: string, timeoutMs = 60_000): Promise<string> {
-  const id = c.execute(code);
-  const reply = await c.reply(id, timeoutMs);
-  expect(reply.content['status']).toBe('ok');
-  const result = c.outputs(id).find((m) => m.header.msg_type === 'execute_result');
-  return result ? String((result.content['data'] as Record<string, unknown>)['text/plain']) : stdout(c.outputs(id));
-}
-
 async function listed(g: GatewayClient): Promise<string[]> {
   const r = await g.api('api/kernels');
   expect(r.status).toBe(200);
@@ -130,23 +123,6 @@ async function restartsCounted(g: GatewayClient, kernelspec: string, cause: 'dea
   const text = await (await g.api('metrics')).text();
   const line = text.split('\n').find((l) => l.startsWith('kgate_kernel_restarts_total{') && l.includes(`kernelspec="${kernelspec}"`) && l.includes(`cause="${cause}"`));
   return line ? Number(line.split(' ').pop()) : 0;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
-
-/** POST a kernel, then kernel_info over its WebSocket: the time a client waits for its first answer. */
-async function timeToKernelInfo(g: GatewayClient, name: string): Promise<{ ms: number; id: string }> {
-  const t0 = performance.now();
-  const id = await g.startKernel(name);
-  const c = await KernelClient.connect(g, id);
-  const msgId = c.request('kernel_info_request', {});
-  await c.next((m) => m.parent_header.msg_id === msgId && m.header.msg_type === 'kernel_info_reply', 60_000);
-  const ms = performance.now() - t0;
-  c.close();
-  return { ms, id };
 }
 
 describe('kgate replicas on --state-store kubernetes, a real API server and scheduler, with a simulated node', () => {

@@ -9,24 +9,20 @@
  * Needs root, containerd and the kubelet (scripts/setup.sh --test, scripts/build-k8s.sh): the
  * test fails, naming what is missing, without them.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import * as k8s from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LABELS } from '../../src/provisioner/k8s-objects.js';
 import { listKernelPods } from '../../src/provisioner/kubernetes.js';
-import { KernelClient, interruptUntilReplied, startGateway, stdout, type TestGateway } from '../helpers/gateway.js';
+import { KernelClient, interruptUntilReplied, type TestGateway } from '../helpers/gateway.js';
 import { startCluster, type Cluster } from '../helpers/k8s-cluster.js';
+import { execute, KERNEL_IMAGE, KERNEL_NAMESPACE, median, MIG, orAbsent, startKubernetesGateway, timeToKernelInfo } from '../helpers/k8s-kernels.js';
 import { startKubeletNode, type KubeletNode } from '../helpers/k8s-kubelet.js';
-import { writeKernelspec } from '../helpers/provisioner-specs.js';
 import { until } from '../helpers/wait.js';
 
-const IMAGE = 'localhost/kgate-kernel-python3:bookworm';
-const NS = 'kgate-default';
-const MIG = 'nvidia.com/mig-1g.5gb';
+const IMAGE = KERNEL_IMAGE;
+const NS = KERNEL_NAMESPACE;
 const NODE = 'kgate-kubelet';
-const ARGV = ['python3', '-m', 'ipykernel_launcher', '-f', '{connection_file}'];
 
 let cluster: Cluster;
 let node: KubeletNode | undefined;
@@ -34,27 +30,8 @@ let t: TestGateway;
 let core: k8s.CoreV1Api;
 let dir: string;
 
-async function readPod(name: string): Promise<k8s.V1Pod | undefined> {
-  return core.readNamespacedPod({ name, namespace: NS }).catch((e: unknown) => {
-    if (e instanceof k8s.ApiException && e.code === 404) return undefined;
-    throw e;
-  });
-}
-
-async function readSecret(name: string): Promise<k8s.V1Secret | undefined> {
-  return core.readNamespacedSecret({ name, namespace: NS }).catch((e: unknown) => {
-    if (e instanceof k8s.ApiException && e.code === 404) return undefined;
-    throw e;
-  });
-}
-
-async function execute(c: KernelClient, code: string): Promise<string> {
-  const id = c.execute(code);
-  const reply = await c.reply(id, 60_000);
-  expect(reply.content['status']).toBe('ok');
-  const result = c.outputs(id).find((m) => m.header.msg_type === 'execute_result');
-  return result ? String((result.content['data'] as Record<string, unknown>)['text/plain']) : stdout(c.outputs(id));
-}
+const readPod = (name: string): Promise<k8s.V1Pod | undefined> => orAbsent(core.readNamespacedPod({ name, namespace: NS }));
+const readSecret = (name: string): Promise<k8s.V1Secret | undefined> => orAbsent(core.readNamespacedSecret({ name, namespace: NS }));
 
 describe('kubernetes provisioner on a real API server and scheduler, with a real kubelet and containerd', () => {
   beforeAll(async () => {
@@ -62,25 +39,15 @@ describe('kubernetes provisioner on a real API server and scheduler, with a real
     core = cluster.kubeConfig().makeApiClient(k8s.CoreV1Api);
     node = await startKubeletNode(cluster, { name: NODE, podCidr: '10.247.1.0/24', extendedResources: { [MIG]: '1' }, images: [IMAGE] });
     console.log(`[k8s-kubelet] node Ready with containerd and images in ${node.startupMs.toFixed(0)} ms`);
-    dir = mkdtempSync(join(tmpdir(), 'kgate-kubelet-specs-'));
     const config = { image: IMAGE, image_pull_policy: 'Never' };
-    writeKernelspec(dir, 'python3-k8s', { provisioner: 'kubernetes', config, argv: ARGV, resources: { cpu: '0.5', memory: '384Mi' } });
-    writeKernelspec(dir, 'python3-k8s-small', { provisioner: 'kubernetes', config, argv: ARGV, resources: { cpu: '0.5', memory: '128Mi' } });
-    const policy = join(dir, 'policy.yaml');
-    writeFileSync(policy, `tenants:\n  default:\n    max_kernels: 20\n    egress: true\n    resources: { cpu: "8", memory: 16Gi, ${MIG}: 1 }\n`);
-    t = await startGateway([
-      '--kernelspec-dir',
-      dir,
-      '--kubeconfig',
-      cluster.kubeconfigPath,
-      '--k8s-create-namespaces',
-      '--policy',
-      policy,
-      '--launch-timeout',
-      '120',
-      '--shutdown-wait',
-      '2',
-    ]);
+    ({ gateway: t, dir } = await startKubernetesGateway(
+      cluster,
+      [
+        { name: 'python3-k8s', config, resources: { cpu: '0.5', memory: '384Mi' } },
+        { name: 'python3-k8s-small', config, resources: { cpu: '0.5', memory: '128Mi' } },
+      ],
+      120,
+    ));
   }, 300_000);
 
   afterAll(async () => {
@@ -152,18 +119,12 @@ describe('kubernetes provisioner on a real API server and scheduler, with a real
   it('measures POST to kernel_info_reply for a containerd pod kernel (median of 5), and leaves no pod or Secret', async () => {
     const times: number[] = [];
     for (let i = 0; i < 5; i++) {
-      const t0 = performance.now();
-      const id = await t.startKernel('python3-k8s');
-      const c = await KernelClient.connect(t, id);
-      const msgId = c.request('kernel_info_request', {});
-      await c.next((m) => m.parent_header.msg_id === msgId && m.header.msg_type === 'kernel_info_reply', 60_000);
-      times.push(performance.now() - t0);
-      c.close();
+      const { ms, id } = await timeToKernelInfo(t, 'python3-k8s');
+      times.push(ms);
       expect((await t.api(`api/kernels/${id}`, { method: 'DELETE' })).status).toBe(204);
     }
-    const sorted = [...times].sort((a, b) => a - b);
-    console.log(`[k8s-kubelet] POST -> kernel_info_reply: median ${sorted[2]!.toFixed(0)} ms (${times.map((x) => x.toFixed(0)).join(', ')})`);
-    expect(sorted[2]).toBeGreaterThan(0);
+    console.log(`[k8s-kubelet] POST -> kernel_info_reply: median ${median(times).toFixed(0)} ms (${times.map((x) => x.toFixed(0)).join(', ')})`);
+    expect(median(times)).toBeGreaterThan(0);
     await until(async () => (await listKernelPods(core, NS)).length === 0, 'every kernel pod to be gone', 60_000, 200);
     expect((await core.listNamespacedSecret({ namespace: NS, labelSelector: `${LABELS.managedBy}=kgate` })).items).toEqual([]);
   }, 300_000);

@@ -12,8 +12,7 @@
  * does not prove: a container runtime, real GPUs, NetworkPolicy enforcement
  * by a CNI plugin (the simulated node enforces none). Needs root.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -22,16 +21,13 @@ import { connectCluster } from '../../src/provisioner/k8s-client.js';
 import { EGRESS_EXCEPT, LABELS } from '../../src/provisioner/k8s-objects.js';
 import { ensureTenantNamespace } from '../../src/provisioner/k8s-tenant.js';
 import { listKernelPods } from '../../src/provisioner/kubernetes.js';
-import { KernelClient, interruptUntilReplied, startGateway, stdout, type TestGateway } from '../helpers/gateway.js';
+import { KernelClient, interruptUntilReplied, startGateway, type TestGateway } from '../helpers/gateway.js';
 import { startCluster, type Cluster } from '../helpers/k8s-cluster.js';
-import { writeKernelspec } from '../helpers/provisioner-specs.js';
+import { execute, KERNEL_IMAGE, KERNEL_NAMESPACE, median, MIG, orAbsent, startKubernetesGateway, timeToKernelInfo } from '../helpers/k8s-kernels.js';
 import { until } from '../helpers/wait.js';
 import { SimNode } from '../k8s/sim-node.js';
 
-const IMAGE = 'localhost/kgate-kernel-python3:bookworm';
-const NS = 'kgate-default';
-const MIG = 'nvidia.com/mig-1g.5gb';
-const ARGV = ['python3', '-m', 'ipykernel_launcher', '-f', '{connection_file}'];
+const NS = KERNEL_NAMESPACE;
 
 let cluster: Cluster;
 let nodes: SimNode[] = [];
@@ -39,47 +35,11 @@ let t: TestGateway;
 let core: k8s.CoreV1Api;
 let dir: string;
 
-async function readPod(name: string): Promise<k8s.V1Pod | undefined> {
-  return core.readNamespacedPod({ name, namespace: NS }).catch((e: unknown) => {
-    if (e instanceof k8s.ApiException && e.code === 404) return undefined;
-    throw e;
-  });
-}
-
-async function readSecret(name: string): Promise<k8s.V1Secret | undefined> {
-  return core.readNamespacedSecret({ name, namespace: NS }).catch((e: unknown) => {
-    if (e instanceof k8s.ApiException && e.code === 404) return undefined;
-    throw e;
-  });
-}
+const readPod = (name: string): Promise<k8s.V1Pod | undefined> => orAbsent(core.readNamespacedPod({ name, namespace: NS }));
+const readSecret = (name: string): Promise<k8s.V1Secret | undefined> => orAbsent(core.readNamespacedSecret({ name, namespace: NS }));
 
 async function kgatePods(): Promise<string[]> {
   return (await listKernelPods(core, NS)).map((p) => p.pod);
-}
-
-async function execute(c: KernelClient, code: string): Promise<string> {
-  const id = c.execute(code);
-  const reply = await c.reply(id, 60_000);
-  expect(reply.content['status']).toBe('ok');
-  const result = c.outputs(id).find((m) => m.header.msg_type === 'execute_result');
-  return result ? String((result.content['data'] as Record<string, unknown>)['text/plain']) : stdout(c.outputs(id));
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
-
-/** POST a kernel, then kernel_info over its WebSocket: the time a client waits for its first answer. */
-async function timeToKernelInfo(name: string): Promise<{ ms: number; id: string }> {
-  const t0 = performance.now();
-  const id = await t.startKernel(name);
-  const c = await KernelClient.connect(t, id);
-  const msgId = c.request('kernel_info_request', {});
-  await c.next((m) => m.parent_header.msg_id === msgId && m.header.msg_type === 'kernel_info_reply', 60_000);
-  const ms = performance.now() - t0;
-  c.close();
-  return { ms, id };
 }
 
 describe('kubernetes provisioner on a real API server and scheduler, with simulated nodes', () => {
@@ -91,25 +51,14 @@ describe('kubernetes provisioner on a real API server and scheduler, with simula
       new SimNode({ kubeconfig: cluster.kubeconfigPath, name: 'kgate-sim-mig', capacity: { cpu: '4', memory: '8Gi', [MIG]: '1' }, podCidr: '10.246.2.0/24' }),
     ];
     for (const n of nodes) await n.start();
-    dir = mkdtempSync(join(tmpdir(), 'kgate-k8s-specs-'));
-    writeKernelspec(dir, 'python3-k8s', { provisioner: 'kubernetes', config: { image: IMAGE }, argv: ARGV, resources: { cpu: '0.5', memory: '384Mi' } });
-    writeKernelspec(dir, 'python3-k8s-missing', { provisioner: 'kubernetes', config: { image: 'localhost/kgate-kernel-python3:missing' }, argv: ARGV });
-    const policy = join(dir, 'policy.yaml');
-    // The operator's token is tenant "default": its totals become the namespace's ResourceQuota.
-    writeFileSync(policy, `tenants:\n  default:\n    max_kernels: 20\n    egress: true\n    resources: { cpu: "8", memory: 16Gi, ${MIG}: 1 }\n`);
-    t = await startGateway([
-      '--kernelspec-dir',
-      dir,
-      '--kubeconfig',
-      cluster.kubeconfigPath,
-      '--k8s-create-namespaces',
-      '--policy',
-      policy,
-      '--launch-timeout',
-      '90',
-      '--shutdown-wait',
-      '2',
-    ]);
+    ({ gateway: t, dir } = await startKubernetesGateway(
+      cluster,
+      [
+        { name: 'python3-k8s', config: { image: KERNEL_IMAGE }, resources: { cpu: '0.5', memory: '384Mi' } },
+        { name: 'python3-k8s-missing', config: { image: 'localhost/kgate-kernel-python3:missing' } },
+      ],
+      90,
+    ));
   }, 300_000);
 
   afterAll(async () => {
@@ -269,10 +218,10 @@ describe('kubernetes provisioner on a real API server and scheduler, with simula
     const pod: number[] = [];
     const local: number[] = [];
     for (let i = 0; i < 10; i++) {
-      const p = await timeToKernelInfo('python3-k8s');
+      const p = await timeToKernelInfo(t, 'python3-k8s');
       pod.push(p.ms);
       await t.api(`api/kernels/${p.id}`, { method: 'DELETE' });
-      const l = await timeToKernelInfo('python3');
+      const l = await timeToKernelInfo(t, 'python3');
       local.push(l.ms);
       await t.api(`api/kernels/${l.id}`, { method: 'DELETE' });
     }
