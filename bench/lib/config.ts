@@ -6,10 +6,12 @@
  * - `BENCH_OUT`: where the JSON results go;
  * - `BENCH_KGATE_NODE_ARGS`, `BENCH_KGATE_ARGS`: extra `node` and kgate options
  *   (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile kgate);
+ * - `BENCH_KGATE_CLI`: another kgate build's `dist/cli.js` (default this checkout's);
  * - `BENCH_SCRAPE_SECONDS=1`: scrape every kgate's `GET /metrics` this often
  *   while it runs, as Prometheus would (default 0: never);
- * - `BENCH_KERNELS`, `BENCH_PEER_KERNELS`, `BENCH_STEP_SECONDS`, `BENCH_IDLE_SECONDS`:
- *   the sizes of the scale scenarios (h, i).
+ * - `BENCH_KERNELS`, `BENCH_PEER_KERNELS`, `BENCH_STEP_SECONDS`, `BENCH_IDLE_SECONDS`,
+ *   `BENCH_START_RATE` (each client's requests/s in (h)'s first step): the sizes of the
+ *   scale scenarios (h, i).
  */
 import { TARGETS, type Target } from './lab.js';
 
@@ -121,6 +123,7 @@ function scaleSizes(base: Sizes['scale'], env: NodeJS.ProcessEnv): Sizes['scale'
     ...base,
     kernels: Math.round(count('BENCH_KERNELS', env['BENCH_KERNELS'], base.kernels, 2000)),
     peerKernels: Math.round(count('BENCH_PEER_KERNELS', env['BENCH_PEER_KERNELS'], base.peerKernels, 2000)),
+    startRate: count('BENCH_START_RATE', env['BENCH_START_RATE'], base.startRate, 1000),
     stepSeconds: count('BENCH_STEP_SECONDS', env['BENCH_STEP_SECONDS'], base.stepSeconds, 600),
     idleSeconds: count('BENCH_IDLE_SECONDS', env['BENCH_IDLE_SECONDS'], base.idleSeconds, 3600),
   };

@@ -15,7 +15,8 @@ import type { ConnectionInfo } from '../../src/provisioner/types.js';
 import { exited, freePort, killMatching, sleep, spawnTracked, stopChild, within } from './procs.js';
 
 export const REPO = resolve(fileURLToPath(new URL('../..', import.meta.url)));
-export const KGATE_CLI = join(REPO, 'dist/cli.js');
+/** kgate's entry point; BENCH_KGATE_CLI points at another build (an older commit's, to compare before and after in one session). */
+export const KGATE_CLI = process.env['BENCH_KGATE_CLI'] || join(REPO, 'dist/cli.js');
 export const BENCH_KERNEL_JS = join(REPO, 'dist/bench-kernel/main.js');
 export const PYTHON = '/usr/bin/python3';
 /** Kernels started for the benchmark leave with it (see src/bench-kernel/main.ts). */

@@ -3,14 +3,14 @@
  * and encodes what the link routes to it in the client's protocol.
  */
 import type { Logger } from 'pino';
-import { WebSocket, type RawData } from 'ws';
 import { WsClose } from '../errors.js';
 import { FrameError, type ClientMessage } from './client-message.js';
+import type { ClientSocket, ClientSocketEvents } from './client-socket.js';
 import { msgTypeOf } from './iopub-rate-limit.js';
 import { Input, type EncodeCache, type KernelLink, type LinkClient } from './kernel-link.js';
 import { makeMessage } from './messages.js';
 import { decodeJsonFrame, encodeJsonFrame, type OutFrame } from './ws-json.js';
-import { prepareFrame, sendPrepared } from './ws-send.js';
+import { prepareFrame } from './ws-send.js';
 import { decodeV1Frame, encodeV1Frame } from './ws-v1.js';
 import type { Channel, MessageParts } from './wire.js';
 import { events, type ClientDropEvent } from '../events.js';
@@ -49,7 +49,7 @@ function closeReason(s: string): string {
   return b.length <= 120 ? s : b.subarray(0, 117).toString('utf8');
 }
 
-export class ClientRelay implements LinkClient {
+export class ClientRelay implements LinkClient, ClientSocketEvents {
   readonly identity: Buffer;
   readonly identityKey: string;
   private readonly decode: Decoder;
@@ -67,7 +67,7 @@ export class ClientRelay implements LinkClient {
   private closing = false;
 
   constructor(
-    private readonly ws: WebSocket,
+    private readonly socket: ClientSocket,
     private readonly link: KernelLink,
     readonly protocol: WsProtocol,
     readonly sessionId: string,
@@ -77,15 +77,8 @@ export class ClientRelay implements LinkClient {
     this.identityKey = this.identity.toString('latin1');
     this.decode = codecs[protocol].decode;
     this.encode = codecs[protocol].encode;
-    this.onMessage = this.onMessage.bind(this);
-    this.onClose = this.onClose.bind(this);
-    this.onError = this.onError.bind(this);
     this.onDrainCheck = this.onDrainCheck.bind(this);
-    ws.on('message', this.onMessage);
-    ws.on('close', this.onClose);
-    // ws reports protocol faults (an oversize frame: 1009, bad UTF-8: 1007) here and
-    // closes the socket itself; without a listener they would take the process down.
-    ws.on('error', this.onError);
+    socket.listen(this);
     link.attach(this);
     if (events.clientAttach.hasSubscribers) events.clientAttach.publish({ kernelId: link.kernelId, protocol });
   }
@@ -96,8 +89,8 @@ export class ClientRelay implements LinkClient {
   }
 
   deliver(channel: Channel, m: MessageParts, cache: EncodeCache): boolean {
-    const ws = this.ws;
-    if (ws.readyState !== WebSocket.OPEN) {
+    const ws = this.socket;
+    if (!ws.isOpen) {
       // Closing (the client's close frame came, the 'close' event has not yet):
       // the message is kept for the session's reconnect, not dropped.
       this.link.undelivered(this, channel, m);
@@ -115,12 +108,12 @@ export class ClientRelay implements LinkClient {
       }
       cache[this.protocol] = frame;
     }
-    if (frame !== null) sendPrepared(ws, frame);
+    if (frame !== null) ws.send(frame);
     return ws.bufferedAmount > max / 2;
   }
 
   caughtUp(): boolean {
-    return this.ws.readyState !== WebSocket.OPEN || this.ws.bufferedAmount <= this.options.maxBufferedBytes / 2;
+    return !this.socket.isOpen || this.socket.bufferedAmount <= this.options.maxBufferedBytes / 2;
   }
 
   /**
@@ -133,8 +126,7 @@ export class ClientRelay implements LinkClient {
    * Returns true when the message is not to be sent.
    */
   private overBound(channel: Channel, m: MessageParts): boolean {
-    const ws = this.ws;
-    if (ws.bufferedAmount > 2 * this.options.maxBufferedBytes) {
+    if (this.socket.bufferedAmount > 2 * this.options.maxBufferedBytes) {
       this.dropStalled();
       return true;
     }
@@ -151,8 +143,8 @@ export class ClientRelay implements LinkClient {
   }
 
   private onDrainCheck(): void {
-    const ws = this.ws;
-    if (ws.readyState !== WebSocket.OPEN) {
+    const ws = this.socket;
+    if (!ws.isOpen) {
       this.stopDrainCheck();
       return;
     }
@@ -168,7 +160,7 @@ export class ClientRelay implements LinkClient {
     );
     if (this.droppedParent) parts.parent = this.droppedParent;
     this.droppedParent = undefined;
-    sendPrepared(ws, prepareFrame(this.encode('iopub', parts)));
+    ws.send(prepareFrame(this.encode('iopub', parts)));
   }
 
   private stopDrainCheck(): void {
@@ -185,7 +177,7 @@ export class ClientRelay implements LinkClient {
   private dropStalled(): void {
     this.stopDrainCheck();
     this.close(WsClose.SlowClient, 'kgate: client too slow: its unread messages passed the send buffer bound');
-    const ws = this.ws;
+    const ws = this.socket;
     setTimeout(() => ws.terminate(), SLOW_CLIENT_GRACE_MS).unref();
   }
 
@@ -194,21 +186,19 @@ export class ClientRelay implements LinkClient {
     // A paused socket could not read the client's close frame: what it sends now is ignored.
     if (this.paused) {
       this.paused = false;
-      this.ws.resume();
+      this.socket.resume();
     }
     this.link.detach(this);
-    if (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING) this.ws.close(code, reason);
+    this.socket.close(code, reason);
   }
 
-  private onMessage(data: RawData, isBinary: boolean): void {
+  socketMessage(frame: Buffer, isBinary: boolean): void {
     // ws still emits the frames that came in the same read as the one that closed the
     // socket (a malformed frame, say): none of them may reach the kernel.
-    if (this.closing || this.ws.readyState !== WebSocket.OPEN) {
+    if (this.closing || !this.socket.isOpen) {
       this.link.dropped.afterClose++;
       return;
     }
-    // With the default binaryType, ws hands a Buffer (fragments already joined).
-    const frame = data as Buffer;
     let msg: ClientMessage;
     try {
       msg = this.decode(frame, isBinary);
@@ -228,7 +218,7 @@ export class ClientRelay implements LinkClient {
       // Backpressure: stop reading this socket until the kernel has taken enough of what it sent.
       if (!this.paused) {
         this.paused = true;
-        this.ws.pause();
+        this.socket.pause();
       }
     } else if (verdict === Input.Refused) {
       this.publishDrop('input_queue_full', 1);
@@ -236,7 +226,7 @@ export class ClientRelay implements LinkClient {
       // What it still had queued goes too, so the kernel's other clients are not held behind it;
       // and a client that keeps sending instead of closing is cut off after a short grace.
       this.link.purge(this);
-      const ws = this.ws;
+      const ws = this.socket;
       setTimeout(() => ws.terminate(), SLOW_CLIENT_GRACE_MS).unref();
     }
   }
@@ -245,17 +235,17 @@ export class ClientRelay implements LinkClient {
   inputReleased(): void {
     if (this.paused && this.drainWaits === 0 && this.inputBytes <= this.link.inputResumeBytes) {
       this.paused = false;
-      this.ws.resume();
+      this.socket.resume();
     }
   }
 
-  private onError(err: Error): void {
+  socketError(err: Error): void {
     this.options.log.debug({ err, session: this.sessionId }, 'client WebSocket error');
     this.closing = true;
     this.link.detach(this);
   }
 
-  private onClose(code: number): void {
+  socketClose(code: number): void {
     if (events.clientDetach.hasSubscribers) events.clientDetach.publish({ kernelId: this.link.kernelId, protocol: this.protocol, code });
     this.closing = true;
     this.stopDrainCheck();

@@ -452,8 +452,8 @@ export class KernelLink {
   }
 
   /**
-   * Sends `kernel_info_request` on shell and control every 0.5 s until a reply
-   * and an iopub message have both arrived, as jupyter_server does, so the
+   * Sends `kernel_info_request` on shell and control until a reply and an
+   * iopub message have both arrived, as jupyter_server does, so the
    * iopub subscription is known to be live before any client message goes out.
    */
   async nudge(timeoutMs: number, signal?: AbortSignal): Promise<void> {
@@ -463,19 +463,39 @@ export class KernelLink {
     const sent: string[] = [];
     let timer: NodeJS.Timeout | undefined;
     let deadline: NodeJS.Timeout | undefined;
+    let again: NodeJS.Timeout | undefined;
+    let pace = NUDGE_MIN_GAP_MS;
+    // Start tracing (bench/tools/start-trace.ts): a few debug lines per nudge, none per message.
+    const log = this.options.log;
+    let iopubTraced = false;
+    const trace = log.isLevelEnabled('debug')
+      ? (what: string): void => log.debug({ at: performance.timeOrigin + performance.now(), fires: sent.length / 2 }, `nudge: ${what}`)
+      : undefined;
     try {
       await new Promise<void>((resolve, reject) => {
         const check = (): void => {
           if (replied && this.iopubSeen) resolve();
         };
         const onReply = (): void => {
+          if (!replied) trace?.('first kernel_info_reply');
           replied = true;
           check();
-          // The kernel answered but iopub missed its status (the subscription was still
-          // joining): ask again at once rather than waiting for the pace timer, which
-          // took ~100 ms off every start. Rate-bounded so a kernel whose iopub never
-          // speaks is not flooded.
-          if (!this.iopubSeen && Date.now() - lastSent >= NUDGE_MIN_GAP_MS) fire();
+          // The kernel answered but iopub missed its status (the SUB joins on its own
+          // reconnect pace, after the DEALERs maybe): ask again soon, at a pace that
+          // doubles from NUDGE_MIN_GAP_MS up to NUDGE_INTERVAL_MS. Asking only when a
+          // reply came 5 ms after the last request left the second reply (1 ms after
+          // it) to the 100 ms timer: up to 100 ms a start. One retry pending at a time,
+          // so a kernel whose iopub never speaks is asked at most every 100 ms.
+          if (this.iopubSeen || again !== undefined) return;
+          const wait = lastSent + pace - Date.now();
+          if (wait > 0) pace = Math.min(NUDGE_INTERVAL_MS, pace * 2);
+          again = setTimeout(
+            () => {
+              again = undefined;
+              if (!this.iopubSeen) fire();
+            },
+            Math.max(0, wait),
+          );
         };
         // Requests wait in the DEALER's pipe while the kernel starts, so a
         // request is repeated quickly only once the kernel answers but iopub
@@ -490,7 +510,14 @@ export class KernelLink {
             this.outboxes[channel].pushOwn(toWire(LINK_IDENTITY, this.signer, parts));
           }
         };
-        this.onIopubSeen = check;
+        this.onIopubSeen = trace
+          ? () => {
+              if (!replied) trace('iopub message before any reply');
+              else if (!iopubTraced) trace('first iopub message after a reply');
+              iopubTraced ||= replied;
+              check();
+            }
+          : check;
         deadline = setTimeout(() => reject(new Error(`no kernel_info_reply within ${timeoutMs} ms`)), timeoutMs);
         signal?.addEventListener('abort', () => reject(signal.reason instanceof Error ? signal.reason : new Error('aborted')), { once: true });
         fire();
@@ -499,9 +526,11 @@ export class KernelLink {
     } finally {
       clearInterval(timer);
       clearTimeout(deadline);
+      clearTimeout(again);
       this.onIopubSeen = undefined;
       for (const id of sent) this.waiters.delete(id);
     }
+    trace?.('ready');
     this.ready = true;
     // The kernel answered, and the status of the nudge itself is left out of the model:
     // a kernel just started (or restarted) is idle, and the model a start answers is what

@@ -7,7 +7,12 @@ import { z } from 'zod';
 import { bool, bytes, opt, seconds, slice, type ConfigOf } from '../options.js';
 
 const OPTIONS = {
-  verifySignatures: opt('verify-signatures', 'string', 'true or false: check the HMAC of every message from kernels (default true)', bool.default(true)),
+  verifySignatures: opt(
+    'verify-signatures',
+    'string',
+    'true or false: check the HMAC of every message from kernels (default true; its cost, and when off is sound: docs/operations.md)',
+    bool.default(true),
+  ),
   maxMessageSize: opt(
     'max-message-size',
     'string',

@@ -9,6 +9,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ClientRelay } from '../bridge/client-relay.js';
 import type { KernelLink } from '../bridge/kernel-link.js';
+import { WsClientSocket } from '../bridge/ws-client-socket.js';
 import { V1_PROTOCOL } from '../bridge/ws-v1.js';
 import { events } from '../events.js';
 import { ErrorCodes, KgateError, WsClose, badRequest, forbiddenOrigin, kernelNotFound, notFound, truncate, unauthorized } from '../errors.js';
@@ -226,7 +227,7 @@ export class ChannelsEndpoint {
       alive.add(ws);
       ws.on('pong', onPong);
       const protocol = ws.protocol === V1_PROTOCOL ? 'v1' : 'json';
-      new ClientRelay(ws, link, protocol, sessionId, { maxBufferedBytes: this.options.maxClientBuffer, log: this.ctx.log });
+      new ClientRelay(new WsClientSocket(ws), link, protocol, sessionId, { maxBufferedBytes: this.options.maxClientBuffer, log: this.ctx.log });
     } catch (err) {
       // A fault here costs this client its socket, never the gateway.
       this.ctx.log.error({ err }, 'could not attach a client WebSocket to its kernel');

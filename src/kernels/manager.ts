@@ -180,6 +180,10 @@ export class KernelManager {
 
   async start(req: StartRequest): Promise<KernelSupervisor> {
     const principal = req.principal ?? OPERATOR;
+    const trace = this.o.log.isLevelEnabled('debug')
+      ? (what: string): void => this.o.log.debug({ at: performance.timeOrigin + performance.now() }, `kernel start: ${what}`)
+      : undefined;
+    trace?.('asked');
     // Who the kernel is for: the authenticated user, or for a caller that may
     // impersonate (a front server) the KERNEL_USERNAME it names.
     const owner = actingUser(principal, requestedUser(req.env));
@@ -217,7 +221,9 @@ export class KernelManager {
       const k = this.supervise({ id, spec, provisioner: this.o.provisionerFor(spec), env, owner, tenant: principal.tenant, cwd, resources });
       this.registry.add(k);
       release();
+      trace?.('launching');
       await k.start(k.launchTimeout());
+      trace?.('ready');
       this.o.log.info({ kernel: k.id, name, owner, ms: Date.now() - k.createdAt }, 'kernel started');
       return k;
     } finally {

@@ -147,6 +147,7 @@ export class LocalProvisioner implements Provisioner {
     const { signal } = ctx;
     signal.throwIfAborted();
     const conn: ConnectionInfo = req.reuse ?? { ...(await req.ports.take(this.config.ip)), key: req.key, signature_scheme: 'hmac-sha256', kernel_name: req.spec.name };
+    this.trace('kernel ports taken');
     this.connectionFile = join(this.config.runtimeDir, `kernel-${req.kernelId}.json`);
     this.home = join(this.config.runtimeDir, `home-${req.kernelId}`);
     this.child = undefined;
@@ -157,9 +158,17 @@ export class LocalProvisioner implements Provisioner {
       await writeFile(this.connectionFile, JSON.stringify(conn), { mode: 0o600 });
       // Kept across restarts (a relaunch finds it there), removed by cleanup().
       await mkdir(this.home, { recursive: true, mode: 0o700 });
+      this.trace('connection file written');
       signal.throwIfAborted();
       ctx.onProgress('starting');
       await this.spawn(req, this.connectionFile, this.home);
+      if (this.log?.isLevelEnabled('debug')) {
+        // For bench/tools/start-trace.ts: when the process exists, and which ports to watch for its bind.
+        this.log.debug(
+          { at: performance.timeOrigin + performance.now(), pid: this.pid, shell: conn.shell_port, iopub: conn.iopub_port, control: conn.control_port },
+          'kernel spawned',
+        );
+      }
       signal.throwIfAborted();
       ctx.onProgress('connecting');
       await ctx.connect(conn);
@@ -170,6 +179,11 @@ export class LocalProvisioner implements Provisioner {
       if (e instanceof KgateError || e instanceof KernelExited) throw e;
       throw kernelStartFailed(`could not run kernelspec ${req.spec.name}: ${e instanceof Error ? e.message : String(e)}`, e);
     }
+  }
+
+  /** A step of a start, for bench/tools/start-trace.ts (debug level; a few lines per start). */
+  private trace(what: string): void {
+    if (this.log?.isLevelEnabled('debug')) this.log.debug({ at: performance.timeOrigin + performance.now() }, what);
   }
 
   private environment(req: LaunchRequest, home: string): Record<string, string> {

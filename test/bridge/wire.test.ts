@@ -51,6 +51,15 @@ describe('Signer', () => {
   ])('supports the %s scheme of the connection file', (scheme, algo) => {
     const p = parts();
     expect(new Signer('k', scheme).sign(p.header, p.parent, p.metadata, p.content).toString('latin1')).toBe(expectedHmac('k', p, algo));
+    // verify compares the raw digest with the hex frame, so each digest length is checked too.
+    const signer = new Signer('k', scheme);
+    const m = { ...p, identities: [], signature: b(expectedHmac('k', p, algo)) };
+    expect(signer.verify(m)).toBe(true);
+    const last = m.signature.length - 1;
+    const wrong = Buffer.from(m.signature);
+    wrong[last] = wrong[last] === 0x30 ? 0x31 : 0x30;
+    expect(signer.verify({ ...m, signature: wrong })).toBe(false);
+    expect(signer.verify({ ...m, signature: b(expectedHmac('k', p, algo === 'md5' ? 'sha256' : 'md5')) })).toBe(false);
   });
 
   it('uses the UTF-8 bytes of a non-ASCII key', () => {
