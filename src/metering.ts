@@ -145,7 +145,15 @@ export class Meter {
     this.write(async () => {
       const mark = await this.o.store.lastMark(m.kernelId).catch(() => undefined);
       if (mark) {
-        m.since = Math.min(m.since, mark.to);
+        // A checkpoint appends its segments before it moves the mark: a gateway killed
+        // between the two left a segment past its mark, charged already, not to be again.
+        let charged = mark.to;
+        await this.o.store
+          .scan(mark.to, m.since + 1, (i) => {
+            if (i.kernelId === m.kernelId && i.to > charged) charged = i.to;
+          })
+          .catch(() => undefined);
+        m.since = Math.min(m.since, charged);
         if (!hasResources(m.resources) && hasResources(mark.resources)) m.resources = mark.resources;
       }
       m.resolving = false;

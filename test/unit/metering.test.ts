@@ -277,6 +277,59 @@ describe('metering', () => {
     expect((await rows(c))[0]).toMatchObject({ kernel_seconds: 35, core_seconds: 140, intervals: [{ kernel_id: 'k1', from: iso(0), to: iso(35) }] });
   });
 
+  it('a gateway killed between a checkpoint append and its mark: the adopter charges from the end of what was appended, not again', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kgate-meter-'));
+    const files = new FileUsageStore(dir);
+    await files.init();
+    let marks = true;
+    let dead = false;
+    // The first gateway dies in its checkpoint, between the append and the mark: nothing after reaches the disk.
+    const dying: UsageStore = {
+      append: async (i) => (dead ? undefined : files.append(i)),
+      scan: (s, u, v) => files.scan(s, u, v),
+      mark: async (x) => (marks ? files.mark(x) : undefined),
+      lastMark: (id) => files.lastMark(id),
+      unmark: async (id) => (dead ? undefined : files.unmark(id)),
+      marked: () => files.marked(),
+    };
+    const ra = new Registry();
+    const a = meter(ra, dying);
+    at(0);
+    ra.set('k1');
+    ready('k1', bob, { cpu: 1 });
+    await a.flush();
+    marks = false;
+    at(10);
+    a.checkpoint();
+    await a.flush();
+    dead = true;
+    ra.kernels.clear();
+    // The mark still says 0 s; 0..10 s is on disk.
+    expect((await files.lastMark('k1'))?.to).toBe(T0);
+    at(12);
+    const rb = new Registry();
+    const b = meter(rb, new FileUsageStore(dir), async (id) => rb.kernels.has(id));
+    rb.set('k1');
+    events.kernelAdopt.publish({ ...base('k1', bob), how: 'adopted', resources: {} });
+    await b.flush();
+    at(20);
+    rb.set('k1', { phase: 'gone' });
+    shutdown('k1', bob);
+    await b.flush();
+    const c = meter(new Registry(), new FileUsageStore(dir));
+    at(1000);
+    // 0..10 s once, then 10..20 s: 20 s in all, the intervals touching and not overlapping.
+    expect((await rows(c))[0]).toMatchObject({ kernel_seconds: 20, intervals: [{ kernel_id: 'k1', from: iso(0), to: iso(20) }] });
+    const lines = readdirSync(dir)
+      .filter((f) => f.endsWith('.jsonl'))
+      .flatMap((f) => readFileSync(join(dir, f), 'utf8').trim().split('\n'))
+      .map((l) => JSON.parse(l) as { from: string; to: string });
+    expect(lines.map((l) => [l.from, l.to])).toEqual([
+      [iso(0), iso(10)],
+      [iso(10), iso(20)],
+    ]);
+  });
+
   it('splits an interval at UTC midnight, one line per day file', async () => {
     const from = Date.parse('2026-12-01T23:59:00Z');
     const parts = splitByDay({ kernelId: 'k', tenant: 't', user: null, kernelspec: 's', from, to: from + 2 * 86_400_000, resources: {} });
