@@ -98,6 +98,10 @@ export interface KgateOptions {
   nodeArgs?: string[];
   /** Extra kgate options, e.g. `--max-client-buffer`. */
   args?: string[];
+  /** What node runs instead of KGATE_CLI: another build, or the sources through tsx's loader. */
+  entry?: string[];
+  /** kgate's `--log-level` (default warn). */
+  logLevel?: string;
   /** Scrape its GET /metrics this often while it runs (BENCH_SCRAPE_SECONDS); 0 or none: never. */
   scrapeSeconds?: number;
   /** Where the scraper's summary goes (the run's progress log). */
@@ -145,7 +149,7 @@ export async function startKgate(root: string, opts: KgateOptions = {}): Promise
   const logFile = join(dir, 'kgate.log');
   const args = [
     ...(opts.nodeArgs ?? []),
-    KGATE_CLI,
+    ...(opts.entry ?? [KGATE_CLI]),
     '--ip',
     '127.0.0.1',
     '--port',
@@ -155,7 +159,7 @@ export async function startKgate(root: string, opts: KgateOptions = {}): Promise
     '--runtime-dir',
     join(dir, 'runtime'),
     '--log-level',
-    'warn',
+    opts.logLevel ?? 'warn',
     ...(opts.args ?? []),
   ];
   const child = spawnTracked(process.execPath, args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...KERNEL_ENV } }, dir);

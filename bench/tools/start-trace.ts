@@ -17,16 +17,13 @@
  *
  * kgate runs from src/ through tsx (no build needed); --dist runs dist/cli.js.
  */
-import { type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, createWriteStream } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { pathToFileURL } from 'node:url';
 import { kernelInfoHandshake } from '../lib/lab.js';
-import { rssBytes, sleep, spawnTracked, stopChild, within } from '../lib/procs.js';
-import { channelsUrl, createKernel, deleteKernel, launchDirect, REPO, type Gateway, type KernelName } from '../lib/servers.js';
+import { rssBytes, sleep, stopChild } from '../lib/procs.js';
+import { channelsUrl, createKernel, deleteKernel, launchDirect, REPO, startKgate, type Gateway, type KernelName } from '../lib/servers.js';
 import { median } from '../lib/stats.js';
 import { WsSession } from '../lib/ws-session.js';
 import { ZmqSession } from '../lib/zmq-session.js';
@@ -42,8 +39,6 @@ const VERBOSE = args.includes('--verbose');
 const rootAt = args.indexOf('--kgate-root');
 const KGATE_ROOT = rootAt >= 0 ? args[rootAt + 1]! : REPO;
 const TIMEOUT_MS = 60_000;
-/** Kernels the benchmark starts leave with it (src/bench-kernel/main.ts). */
-const KERNEL_ENV = { BENCH_KERNEL_EXIT_WITH_PARENT: '1' };
 
 const now = (): number => performance.timeOrigin + performance.now();
 
@@ -100,25 +95,9 @@ let iopubFirst = 0;
 
 /** kgate with a debug log, from src/ (tsx) or dist/. */
 async function startGateway(dir: string): Promise<{ g: Gateway; log: string }> {
-  const token = randomBytes(16).toString('hex');
-  const log = join(dir, 'kgate.log');
-  const cli = FROM_DIST ? [join(KGATE_ROOT, 'dist/cli.js')] : ['--import', pathToFileURL(join(REPO, 'node_modules/tsx/dist/loader.mjs')).href, join(KGATE_ROOT, 'src/cli.ts')];
-  const argv = [...cli, '--ip', '127.0.0.1', '--port', '0', '--auth-token', token, '--runtime-dir', join(dir, 'runtime'), '--log-level', 'debug'];
-  const child: ChildProcess = spawnTracked(process.execPath, argv, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...KERNEL_ENV } }, dir);
-  child.stderr!.pipe(createWriteStream(log));
-  const lines = createInterface({ input: child.stdout! });
-  const base = await within(
-    new Promise<string>((res, rej) => {
-      lines.on('line', (l) => {
-        const m = /^kgate listening on (http:\/\/\S+\/)/.exec(l);
-        if (m) res(m[1]!);
-      });
-      child.once('exit', (code) => rej(new Error(`kgate exited (${code}): ${readFileSync(log, 'utf8').slice(-2000)}`)));
-    }),
-    60_000,
-    'kgate to listen',
-  );
-  return { g: { kind: 'kgate', base, token, pid: child.pid!, logFile: log, stop: () => stopChild(child, 15_000) }, log };
+  const entry = FROM_DIST ? [join(KGATE_ROOT, 'dist/cli.js')] : ['--import', pathToFileURL(join(REPO, 'node_modules/tsx/dist/loader.mjs')).href, join(KGATE_ROOT, 'src/cli.ts')];
+  const g = await startKgate(dir, { entry, logLevel: 'debug' });
+  return { g, log: g.logFile };
 }
 
 /** The trace lines kgate wrote since `offset` (bytes), and the new offset. */

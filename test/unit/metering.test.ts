@@ -62,6 +62,23 @@ async function rows(m: Meter, p: Principal = ADMIN, since = T0, until = T0 + 86_
   return (await m.report(p, since, until)).usage;
 }
 
+/**
+ * A gateway's file store that dies as kill -9 would: once `dead`, no write reaches the disk;
+ * with `marksLost` only the marks are lost (a death between a checkpoint's append and its mark).
+ */
+function dyingStore(files: FileUsageStore): { store: UsageStore; death: { dead: boolean; marksLost: boolean } } {
+  const death = { dead: false, marksLost: false };
+  const store: UsageStore = {
+    append: async (i) => (death.dead ? undefined : files.append(i)),
+    scan: (s, u, v) => files.scan(s, u, v),
+    mark: async (x) => (death.dead || death.marksLost ? undefined : files.mark(x)),
+    lastMark: (id) => files.lastMark(id),
+    unmark: async (id) => (death.dead ? undefined : files.unmark(id)),
+    marked: () => files.marked(),
+  };
+  return { store, death };
+}
+
 describe('metering', () => {
   it('charges kernel-, core-, GiB- and GPU-seconds per resource name for the time from ready to shutdown', async () => {
     const reg = new Registry();
@@ -234,20 +251,12 @@ describe('metering', () => {
 
   it('after a crash the adopting gateway charges from the last checkpoint; a restart of the gateway loses nothing recorded', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'kgate-meter-'));
-    let crashed = false;
     const files = new FileUsageStore(dir);
     await files.init();
     // The first gateway's store stops taking writes when it "dies" (kill -9: nothing after it reaches the disk).
-    const dying: UsageStore = {
-      append: async (i) => (crashed ? undefined : files.append(i)),
-      scan: (s, u, v) => files.scan(s, u, v),
-      mark: async (x) => (crashed ? undefined : files.mark(x)),
-      lastMark: (id) => files.lastMark(id),
-      unmark: async (id) => (crashed ? undefined : files.unmark(id)),
-      marked: () => files.marked(),
-    };
+    const dying = dyingStore(files);
     const ra = new Registry();
-    const a = meter(ra, dying);
+    const a = meter(ra, dying.store);
     at(0);
     ra.set('k1');
     ready('k1', bob, { cpu: 4 });
@@ -256,7 +265,7 @@ describe('metering', () => {
     a.checkpoint();
     await a.flush();
     at(17);
-    crashed = true;
+    dying.death.dead = true;
     ra.kernels.clear();
     // The new gateway on the same dir adopts at 20 s: 10..20 s was not checkpointed, and is charged all the same.
     at(20);
@@ -281,28 +290,19 @@ describe('metering', () => {
     const dir = mkdtempSync(join(tmpdir(), 'kgate-meter-'));
     const files = new FileUsageStore(dir);
     await files.init();
-    let marks = true;
-    let dead = false;
     // The first gateway dies in its checkpoint, between the append and the mark: nothing after reaches the disk.
-    const dying: UsageStore = {
-      append: async (i) => (dead ? undefined : files.append(i)),
-      scan: (s, u, v) => files.scan(s, u, v),
-      mark: async (x) => (marks ? files.mark(x) : undefined),
-      lastMark: (id) => files.lastMark(id),
-      unmark: async (id) => (dead ? undefined : files.unmark(id)),
-      marked: () => files.marked(),
-    };
+    const dying = dyingStore(files);
     const ra = new Registry();
-    const a = meter(ra, dying);
+    const a = meter(ra, dying.store);
     at(0);
     ra.set('k1');
     ready('k1', bob, { cpu: 1 });
     await a.flush();
-    marks = false;
+    dying.death.marksLost = true;
     at(10);
     a.checkpoint();
     await a.flush();
-    dead = true;
+    dying.death.dead = true;
     ra.kernels.clear();
     // The mark still says 0 s; 0..10 s is on disk.
     expect((await files.lastMark('k1'))?.to).toBe(T0);
